@@ -1,0 +1,3 @@
+from openai_proxy.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""HTTP surfaces: one module per surface, all calling the same service."""

@@ -1,0 +1,202 @@
+"""The OpenAI surface: /v1/chat/completions, /v1/completions, /v1/models.
+
+Each handler is three steps: parse the body into a wire model, ask the service for a plan, render the plan's
+result as an OpenAI response or SSE stream. Errors before the first byte are raised (and rendered with their
+status by the app's one handler); errors after it become one in-band `data: {"error": ...}` event and the
+stream ends without `[DONE]`, so no client mistakes a broken answer for a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import GatewayError, ModelNotFound, ServerError
+from ..protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+)
+from ..protocol import Usage as WireUsage
+from ..service import Delta, Finished, Plan, Usage
+from .body import parse_json_body
+from .context import Admission, Gateway, gateway
+from .sse import DONE, frame
+
+log = logging.getLogger("openai_proxy.api")
+
+SYSTEM_FINGERPRINT = f"fp_openai_proxy_{__version__.replace('.', '_')}"
+
+
+def json_response(body: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def chat_completions(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.authenticate(request)
+    body = await parse_json_body(request, ChatCompletionRequest, gw.settings.max_body_bytes)
+    plan = await gw.service.plan_chat(body, principal)
+    async with gw.admit(request, principal, plan) as admission:
+        ident = f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            encoder = ChunkEncoder(ident, body.model, chat=True)
+            return admission.stream(_events(gw, plan, encoder, admission), gw.settings.sse_keepalive_seconds)
+        results, usage = await gw.service.complete(plan)
+        await admission.record(usage)
+        response = ChatCompletion(
+            id=ident,
+            created=int(time.time()),
+            model=body.model,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            choices=[
+                ChatChoice(index=r.index, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
+                for r in results
+            ],
+            usage=_wire_usage(usage),
+        )
+        return json_response(response.model_dump_json(), admission.headers)
+
+
+async def completions(request: Request) -> Response:
+    gw = gateway(request)
+    principal = await gw.authenticate(request)
+    body = await parse_json_body(request, CompletionRequest, gw.settings.max_body_bytes)
+    plan = await gw.service.plan_completion(body, principal)
+    async with gw.admit(request, principal, plan) as admission:
+        ident = f"cmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            encoder = ChunkEncoder(ident, body.model, chat=False)
+            return admission.stream(_events(gw, plan, encoder, admission), gw.settings.sse_keepalive_seconds)
+        results, usage = await gw.service.complete(plan)
+        await admission.record(usage)
+        response = Completion(
+            id=ident,
+            created=int(time.time()),
+            model=body.model,
+            system_fingerprint=SYSTEM_FINGERPRINT,
+            choices=[CompletionChoice(text=r.text, index=r.index, finish_reason=r.finish_reason) for r in results],
+            usage=_wire_usage(usage),
+        )
+        return json_response(response.model_dump_json(), admission.headers)
+
+
+async def list_models(request: Request) -> Response:
+    gw = gateway(request)
+    await gw.authenticate(request)
+    cards = [_card(gw, spec.id) for spec in gw.catalog]
+    cards.sort(key=lambda card: not card.available)  # tools often take data[0]: make it one that works
+    return json_response(ModelList(data=cards).model_dump_json())
+
+
+async def retrieve_model(request: Request) -> Response:
+    gw = gateway(request)
+    await gw.authenticate(request)
+    model_id = request.path_params["model_id"]
+    if gw.catalog.get(model_id) is None:
+        raise ModelNotFound(model_id)
+    return json_response(_card(gw, model_id).model_dump_json())
+
+
+def _card(gw: Gateway, model_id: str) -> ModelCard:
+    spec = gw.catalog.get(model_id)
+    assert spec is not None
+    return ModelCard(
+        id=spec.id,
+        created=spec.created,
+        owned_by=spec.owned_by,
+        context_length=spec.context_length,
+        max_output_tokens=spec.max_output_tokens,
+        tier=spec.tier,
+        available=bool(gw.pool.candidates(spec.id)),
+    )
+
+
+def _wire_usage(usage: Usage) -> WireUsage:
+    return WireUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+class ChunkEncoder:
+    """Renders stream events as OpenAI chunks. The constant head of every chunk is serialised once."""
+
+    def __init__(self, ident: str, model: str, *, chat: bool) -> None:
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        head = {"id": ident, "object": kind, "created": int(time.time()), "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT}
+        self._head = json.dumps(head, separators=(",", ":"))[:-1]  # without the closing brace
+        self.chat = chat
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        tail = json.dumps({"choices": choices, "usage": usage}, separators=(",", ":"))[1:]
+        return frame(f"{self._head},{tail}")
+
+    def role(self, index: int) -> bytes:
+        return self._chunk([_choice(index, {"role": "assistant", "content": ""}, None)])
+
+    def text(self, event: Delta) -> bytes:
+        if self.chat:
+            return self._chunk([_choice(event.index, {"content": event.text}, None)])
+        return self._chunk([{"text": event.text, "index": event.index, "logprobs": None, "finish_reason": None}])
+
+    def finished(self, event: Finished) -> bytes:
+        if self.chat:
+            return self._chunk([_choice(event.index, {}, event.finish_reason)])
+        return self._chunk([{"text": "", "index": event.index, "logprobs": None,
+                             "finish_reason": event.finish_reason}])
+
+    def usage(self, usage: Usage) -> bytes:
+        return self._chunk([], {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                                "total_tokens": usage.total_tokens})
+
+
+def _choice(index: int, delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+async def _events(gw: Gateway, plan: Plan, encoder: ChunkEncoder, admission: Admission) -> AsyncGenerator[bytes, None]:
+    started: set[int] = set()
+    try:
+        async for event in gw.service.stream(plan):
+            if isinstance(event, Usage):
+                await admission.record(event)
+                if plan.include_usage:
+                    yield encoder.usage(event)
+                continue
+            if encoder.chat and event.index not in started:
+                started.add(event.index)
+                yield encoder.role(event.index)
+            yield encoder.text(event) if isinstance(event, Delta) else encoder.finished(event)
+    except GatewayError as exc:
+        log.warning("stream failed after the first byte: %s", exc.message)
+        if isinstance(exc, ServerError):
+            await admission.refund()
+        yield frame(exc.body_json())
+        return
+    yield DONE
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
+]

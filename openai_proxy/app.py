@@ -1,0 +1,142 @@
+"""`create_app(settings)`: the one composition root. Routes, middleware, error rendering, and the lifespan
+that owns every long-lived object (HTTP client, node pool, background tasks) and closes it on exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .api import health, openai
+from .api.context import Gateway
+from .api.middleware import RequestContextMiddleware
+from .auth.guard import Authenticator, parse_service_keys
+from .auth.jwt import TokenService
+from .catalog import load_catalog
+from .errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from .nodes.clients import client_for_url
+from .nodes.pool import NodePool
+from .service import InferenceService
+from .settings import Settings
+from .tokens import TokenCounter
+
+log = logging.getLogger("openai_proxy")
+
+EXPOSED_HEADERS = [
+    "x-request-id",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "retry-after",
+]
+
+
+class ConfigurationError(RuntimeError):
+    """The settings cannot run a gateway; the message says which setting to change."""
+
+
+def check_settings(settings: Settings) -> None:
+    if settings.jwt_secret is None or not settings.jwt_secret.get_secret_value():
+        raise ConfigurationError("JWT_SECRET is not set: set it to a long random string (e.g. `openssl rand -hex 32`).")
+    if not (settings.all_node_urls or settings.oracle_api_url):
+        raise ConfigurationError(
+            "No nodes configured: set NODE_URLS (comma list of node URLs), PETALS_API_URL (one node), "
+            "or ORACLE_API_URL (discover nodes from the Plumise Oracle)."
+        )
+
+
+def build_gateway(settings: Settings, http: httpx.AsyncClient) -> Gateway:
+    counter = TokenCounter(settings.tiktoken_encoding)
+    catalog = load_catalog(settings.models_file)
+    pool = NodePool(settings, counter)
+    for url in settings.all_node_urls:
+        pool.add(client_for_url(url, http, timeout=settings.node_connect_timeout))
+    assert settings.jwt_secret is not None
+    tokens = TokenService(
+        settings.jwt_secret.get_secret_value(),
+        lifetime=settings.jwt_lifetime_seconds,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    auth = Authenticator(tokens, parse_service_keys(settings.api_keys), settings.pro_addresses)
+    service = InferenceService(settings, catalog, pool, counter)
+    return Gateway(settings, catalog, counter, http, pool, service, auth)
+
+
+def node_http_client(settings: Settings) -> httpx.AsyncClient:
+    # No read timeout here: the pool enforces first-token and idle deadlines around every node alike.
+    timeout = httpx.Timeout(connect=settings.node_connect_timeout, read=None, write=30.0, pool=30.0)
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    return httpx.AsyncClient(timeout=timeout, limits=limits)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    check_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with node_http_client(settings) as http:
+            gw = build_gateway(settings, http)
+            await gw.pool.check_health()
+            tasks = [asyncio.create_task(gw.pool.run_health_checks(), name="health-checks")]
+            try:
+                yield {"gateway": gw}
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    middleware = [
+        Middleware(RequestContextMiddleware),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials="*" not in settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+        ),
+    ]
+    return Starlette(
+        routes=[*health.routes, *openai.routes],
+        middleware=middleware,
+        exception_handlers={GatewayError: render_error, HTTPException: render_http_error, Exception: render_crash},
+        lifespan=lifespan,
+    )
+
+
+def error_response(exc: GatewayError) -> Response:
+    return Response(
+        exc.body_json(), status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+    )
+
+
+async def render_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def render_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    route = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No route for {route}."))
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"Method not allowed: {route}."))
+    return error_response(InvalidRequest(str(exc.detail)))
+
+
+async def render_crash(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(GatewayError("The gateway hit an internal error. Please retry; it has been logged."))
