@@ -17,17 +17,21 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .api import health, openai
+from .api import auth, health, openai
 from .api.context import Gateway
 from .api.middleware import RequestContextMiddleware
 from .auth.guard import Authenticator, parse_service_keys
 from .auth.jwt import TokenService
+from .auth.signin import SignInService
+from .auth.tiers import TierResolver
 from .catalog import load_catalog
 from .errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from .limits import RateLimiter
 from .nodes.clients import client_for_url
 from .nodes.pool import NodePool
 from .service import InferenceService
 from .settings import Settings
+from .store import create_store
 from .tokens import TokenCounter
 
 log = logging.getLogger("openai_proxy")
@@ -68,9 +72,14 @@ def build_gateway(settings: Settings, http: httpx.AsyncClient) -> Gateway:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
-    auth = Authenticator(tokens, parse_service_keys(settings.api_keys), settings.pro_addresses)
+    store = create_store(settings.redis_url)
+    tiers = TierResolver(settings.pro_addresses)
+    auth = Authenticator(tokens, parse_service_keys(settings.api_keys), tiers, store)
     service = InferenceService(settings, catalog, pool, counter)
-    return Gateway(settings, catalog, counter, http, pool, service, auth)
+    return Gateway(
+        settings=settings, catalog=catalog, counter=counter, http=http, pool=pool, service=service, auth=auth,
+        store=store, limiter=RateLimiter(store, settings), signin=SignInService(store, tokens, tiers, settings),
+    )
 
 
 def node_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -96,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await gw.store.close()
 
     middleware = [
         Middleware(RequestContextMiddleware),
@@ -109,7 +119,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     return Starlette(
-        routes=[*health.routes, *openai.routes],
+        routes=[*health.routes, *openai.routes, *auth.routes],
         middleware=middleware,
         exception_handlers={GatewayError: render_error, HTTPException: render_http_error, Exception: render_crash},
         lifespan=lifespan,

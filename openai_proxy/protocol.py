@@ -217,3 +217,33 @@ def _unsupported_completion_parameter(request: CompletionRequest) -> tuple[str, 
     if request.best_of is not None and request.best_of > (request.n or 1):
         return "best_of", "best_of greater than n is not supported: every generated choice is returned."
     return None
+
+
+# --- wallet sign-in (/api/v1/auth) ---------------------------------------------------------------------------
+
+
+class NonceRequest(WireModel):
+    address: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$", description="The wallet address signing in.")
+
+
+class NonceResponse(BaseModel):
+    nonce: str
+    message: str = Field(description="The original plain message, for EIP-191 personal_sign.")
+    siwe_message: str = Field(description="The same nonce as an EIP-4361 Sign-In with Ethereum message.")
+    typed_data: dict[str, Any] = Field(description="The same nonce as EIP-712 typed data (eth_signTypedData_v4).")
+    expires_at: str
+
+
+class VerifyRequest(WireModel):
+    """Either `address` (for a form issued by /nonce) or `message` (a SIWE message), plus the signature."""
+
+    address: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$")
+    message: str | None = Field(None, max_length=4096)
+    signature: str = Field(min_length=1, max_length=200)
+
+
+class TokenResponse(BaseModel):
+    token: str
+    expires_at: str
+    address: str
+    tier: Literal["free", "pro"]

@@ -184,7 +184,7 @@ class InferenceService:
         self.pool.require_candidates(plan.model.id)
 
     async def complete(self, plan: Plan) -> tuple[list[ChoiceResult], Usage]:
-        results = [ChoiceResult(index=i) for i in range(plan.choice_count)]
+        results = self.new_results(plan)
         tasks = [asyncio.ensure_future(self._collect(plan, result)) for result in results]
         try:
             await asyncio.gather(*tasks)
@@ -193,9 +193,13 @@ class InferenceService:
                 task.cancel()
         return results, self.usage(plan, results)
 
-    async def stream(self, plan: Plan) -> AsyncGenerator[StreamEvent, None]:
-        """Choices one after another (OpenAI allows any interleaving by index), then the usage."""
-        results = [ChoiceResult(index=i) for i in range(plan.choice_count)]
+    def new_results(self, plan: Plan) -> list[ChoiceResult]:
+        return [ChoiceResult(index=i) for i in range(plan.choice_count)]
+
+    async def stream(self, plan: Plan, results: list[ChoiceResult]) -> AsyncGenerator[StreamEvent, None]:
+        """Choices one after another (OpenAI allows any interleaving by index), then the usage.
+
+        `results` fills in as the stream goes, so a caller can account for a stream cut short."""
         for result in results:
             async with aclosing(self.run_choice(plan, result)) as pieces:
                 async for text in pieces:

@@ -276,3 +276,13 @@ async def test_unknown_route_and_method_use_the_envelope(gateway, http) -> None:
     assert response.status_code == 404 and response.json()["error"]["type"] == "invalid_request_error"
     response = await http.get(f"{gateway.v1}/chat/completions")
     assert response.status_code == 405 and "error" in response.json()
+
+
+def test_nesting_guard_sees_through_strings_and_escapes() -> None:
+    from openai_proxy.jsonsafe import nesting_depth_exceeds
+
+    assert not nesting_depth_exceeds(b'{"a": "' + b"[" * 500 + b'"}')
+    assert not nesting_depth_exceeds(b'{"a": "\\"' + b"[" * 500 + b'"}')
+    assert nesting_depth_exceeds(b'{"a": "\\\\"' + b"[" * 500 + b"]" * 500 + b"}")
+    assert nesting_depth_exceeds(b'{"x":' * 101 + b"1" + b"}" * 101)
+    assert not nesting_depth_exceeds(b'{"x":' * 100 + b"1" + b"}" * 100)

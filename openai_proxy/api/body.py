@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from .. import jsonsafe
 from ..errors import InvalidRequest, PayloadTooLarge
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -30,8 +30,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 async def parse_json_body(request: Request, model: type[ModelT], max_bytes: int) -> ModelT:
     raw = await read_body(request, max_bytes)
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and invalid UTF-8
+        data = jsonsafe.loads(raw)
+    except ValueError as exc:  # bad JSON, invalid UTF-8, or nesting too deep
         raise InvalidRequest(
             "The request body is not valid JSON. Send a JSON object with Content-Type: application/json.",
             code="invalid_json",

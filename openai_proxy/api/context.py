@@ -11,29 +11,16 @@ from starlette.requests import HTTPConnection
 
 from ..auth.guard import Authenticator
 from ..auth.principal import Principal
+from ..auth.signin import SignInService
 from ..catalog import Catalog
 from ..errors import ServerError
+from ..limits import Admission, RateLimiter
 from ..nodes.pool import NodePool
-from ..service import InferenceService, Plan, Usage
+from ..service import InferenceService, Plan
 from ..settings import Settings
+from ..store import StateStore
 from ..tokens import TokenCounter
-from .sse import EventStreamResponse
-
-
-class Admission:
-    """One admitted request: what it may report back when it ends (usage) or fails on our side (refund)."""
-
-    def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
-
-    async def record(self, usage: Usage) -> None:
-        pass
-
-    async def refund(self) -> None:
-        pass
-
-    def stream(self, body: AsyncGenerator[bytes, None], keepalive: float) -> EventStreamResponse:
-        return EventStreamResponse(body, keepalive=keepalive, headers=self.headers)
+from .middleware import request_id_var
 
 
 @dataclass
@@ -45,9 +32,12 @@ class Gateway:
     pool: NodePool
     service: InferenceService
     auth: Authenticator
+    store: StateStore
+    limiter: RateLimiter
+    signin: SignInService
 
     async def authenticate(self, connection: HTTPConnection) -> Principal:
-        return self.auth.principal(connection.headers.get("authorization"))
+        return await self.auth.principal(connection.headers.get("authorization"))
 
     @asynccontextmanager
     async def admit(
@@ -55,7 +45,7 @@ class Gateway:
     ) -> AsyncGenerator[Admission, None]:
         """Check a node can serve the plan, then admit it; a failure on our side is refunded."""
         self.service.require_nodes(plan)
-        admission = Admission()
+        admission = await self.limiter.admit(principal, request_id_var.get())
         try:
             yield admission
         except ServerError:

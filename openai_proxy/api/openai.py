@@ -15,12 +15,14 @@ import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
 from ..errors import GatewayError, ModelNotFound, ServerError
+from ..limits import Admission
 from ..protocol import (
     AssistantMessage,
     ChatChoice,
@@ -35,11 +37,12 @@ from ..protocol import (
 from ..protocol import Usage as WireUsage
 from ..service import Delta, Finished, Plan, Usage
 from .body import parse_json_body
-from .context import Admission, Gateway, gateway
-from .sse import DONE, frame
+from .context import Gateway, gateway
+from .sse import DONE, EventStreamResponse, frame
 
 log = logging.getLogger("openai_proxy.api")
 
+SETTLE_SECONDS = 5.0
 SYSTEM_FINGERPRINT = f"fp_openai_proxy_{__version__.replace('.', '_')}"
 
 
@@ -56,7 +59,10 @@ async def chat_completions(request: Request) -> Response:
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             encoder = ChunkEncoder(ident, body.model, chat=True)
-            return admission.stream(_events(gw, plan, encoder, admission), gw.settings.sse_keepalive_seconds)
+            return EventStreamResponse(
+                _events(gw, plan, encoder, admission), keepalive=gw.settings.sse_keepalive_seconds,
+                headers=admission.headers,
+            )
         results, usage = await gw.service.complete(plan)
         await admission.record(usage)
         response = ChatCompletion(
@@ -82,7 +88,10 @@ async def completions(request: Request) -> Response:
         ident = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             encoder = ChunkEncoder(ident, body.model, chat=False)
-            return admission.stream(_events(gw, plan, encoder, admission), gw.settings.sse_keepalive_seconds)
+            return EventStreamResponse(
+                _events(gw, plan, encoder, admission), keepalive=gw.settings.sse_keepalive_seconds,
+                headers=admission.headers,
+            )
         results, usage = await gw.service.complete(plan)
         await admission.record(usage)
         response = Completion(
@@ -173,11 +182,12 @@ def _choice(index: int, delta: dict[str, str], finish: str | None) -> dict[str, 
 
 
 async def _events(gw: Gateway, plan: Plan, encoder: ChunkEncoder, admission: Admission) -> AsyncGenerator[bytes, None]:
+    """The SSE body. Usage is recorded even when the client leaves mid-answer: it paid for those tokens."""
     started: set[int] = set()
+    results = gw.service.new_results(plan)
     try:
-        async for event in gw.service.stream(plan):
+        async for event in gw.service.stream(plan, results):
             if isinstance(event, Usage):
-                await admission.record(event)
                 if plan.include_usage:
                     yield encoder.usage(event)
                 continue
@@ -191,6 +201,9 @@ async def _events(gw: Gateway, plan: Plan, encoder: ChunkEncoder, admission: Adm
             await admission.refund()
         yield frame(exc.body_json())
         return
+    finally:
+        with anyio.move_on_after(SETTLE_SECONDS, shield=True):  # runs even while the stream is cancelled
+            await admission.record(gw.service.usage(plan, results))
     yield DONE
 
 

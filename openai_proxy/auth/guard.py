@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import time
 from dataclasses import dataclass
 
 from ..errors import AuthError
+from ..limits import store_down
+from ..store import StateStore, StoreUnavailable
 from .jwt import TokenService
 from .principal import Principal, Tier
+from .tiers import TierResolver
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +44,13 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class Authenticator:
-    def __init__(self, tokens: TokenService, service_keys: list[ServiceKey], pro_addresses: list[str]) -> None:
+    def __init__(
+        self, tokens: TokenService, service_keys: list[ServiceKey], tiers: TierResolver, store: StateStore
+    ) -> None:
         self.tokens = tokens
+        self.tiers = tiers
         self._service_keys = service_keys
-        self._pro = {address.lower() for address in pro_addresses}
+        self._store = store
 
     def service_key(self, token: str) -> ServiceKey | None:
         found = None
@@ -53,18 +60,33 @@ class Authenticator:
                 found = candidate
         return found
 
-    def static_tier(self, address: str) -> Tier:
-        return "pro" if address.lower() in self._pro else "free"
-
-    def principal(self, authorization: str | None) -> Principal:
+    async def principal(self, authorization: str | None) -> Principal:
         token = bearer_token(authorization)
         key = self.service_key(token)
         if key is not None:
             return Principal(subject=f"key:{key.label}", tier=key.tier, kind="service_key")
         claims = self.tokens.verify(token)
-        return Principal(
-            subject=claims.address,
-            tier=self.static_tier(claims.address),
-            token_id=claims.token_id,
-            expires_at=claims.expires_at,
-        )
+        tier = await self.tiers.tier(claims.address)
+        await self._check_not_revoked(claims.token_id, tier)
+        return Principal(subject=claims.address, tier=tier, token_id=claims.token_id, expires_at=claims.expires_at)
+
+    async def _check_not_revoked(self, token_id: str, tier: Tier) -> None:
+        try:
+            revoked = await self._store.exists(revoked_key(token_id))
+        except StoreUnavailable as exc:
+            if tier == "pro":
+                return  # pro traffic keeps flowing through a store outage; free traffic fails closed
+            raise store_down(exc) from exc
+        if revoked:
+            raise AuthError("This API token was revoked (logged out); sign in again.", code="token_revoked")
+
+    async def revoke(self, principal: Principal) -> None:
+        if principal.token_id is None or principal.expires_at is None:
+            return
+        remaining = principal.expires_at - time.time()
+        if remaining > 0:
+            await self._store.put(revoked_key(principal.token_id), "1", remaining)
+
+
+def revoked_key(token_id: str) -> str:
+    return f"revoked:{token_id}"
