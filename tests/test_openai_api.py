@@ -286,3 +286,31 @@ def test_nesting_guard_sees_through_strings_and_escapes() -> None:
     assert nesting_depth_exceeds(b'{"a": "\\\\"' + b"[" * 500 + b"]" * 500 + b"}")
     assert nesting_depth_exceeds(b'{"x":' * 101 + b"1" + b"}" * 101)
     assert not nesting_depth_exceeds(b'{"x":' * 100 + b"1" + b"}" * 100)
+
+
+async def test_keepalive_comments_flow_while_waiting_for_the_first_token(start_devnode, start_gateway, http) -> None:  # type: ignore[no-untyped-def]
+    slow = await start_devnode(first_token_delay=0.5)
+    gw = await start_gateway([f"petals+ws://{slow.hostport}"], sse_keepalive_seconds=0.05)
+    response = await chat(http, gw, {"model": LLAMA, "messages": HELLO, "max_tokens": 2, "stream": True})
+    head = response.text.split("data: ", 2)
+    assert ": keep-alive" in head[0] + head[1]  # before the first content delta
+    assert sse_payloads(response.text)[-1] == "[DONE]"
+
+
+async def test_client_disconnect_cancels_the_node_request(start_devnode, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    node = await start_devnode(token_delay=0.05)
+    gw = await start_gateway([f"petals+ws://{node.hostport}"])
+    body = {"model": LLAMA, "messages": HELLO, "max_tokens": 500, "stream": True}
+    async with httpx.AsyncClient() as client:
+        async with client.stream("POST", f"{gw.v1}/chat/completions", json=body, headers=gw.headers()) as response:
+            async for line in response.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    break  # the first real token arrived: hang up
+
+    async def cancelled() -> bool:
+        counters = await node.counters()
+        return counters["cancelled"] == 1 and counters["in_flight"] == 0
+
+    from .conftest import eventually
+
+    await eventually(cancelled, timeout=5)

@@ -22,6 +22,9 @@ from .http import probe_health
 
 DEFAULT_PATH = "/api/v2/generate"
 FALLBACK_STOP = "</s>"
+# A node keeps streaming after we have enough tokens; its close frame queues behind unread steps, so waiting
+# for a clean close handshake would hold the request (and the node) for the library default of 10 s.
+CLOSE_TIMEOUT = 0.5
 
 
 def session_length(request: NodeRequest) -> int:
@@ -46,7 +49,8 @@ class PetalsWsClient(NodeClient):
 
     async def generate(self, request: NodeRequest) -> AsyncGenerator[NodeChunk, None]:
         try:
-            async with connect(self.socket_url, open_timeout=self._open_timeout, max_size=2**22) as socket:
+            async with connect(self.socket_url, open_timeout=self._open_timeout, close_timeout=CLOSE_TIMEOUT,
+                               max_size=2**22) as socket:
                 await _call(socket, {"type": "open_inference_session", "model": request.model,
                                      "max_length": session_length(request)})
                 await socket.send(json.dumps(_generate_message(request)))

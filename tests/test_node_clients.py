@@ -1,0 +1,132 @@
+"""What each node client puts on the wire, and how it reads the answer back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from openai_proxy.nodes.base import GenerationParams, NodeChunk, NodeFailure, NodeRequest
+from openai_proxy.nodes.clients import client_for_url
+from openai_proxy.templates import ChatMessage
+
+
+def request(temperature: float = 0.0, messages: tuple[ChatMessage, ...] | None = None) -> NodeRequest:
+    return NodeRequest(
+        model="org/model",
+        prompt="PROMPT",
+        prompt_tokens=10,
+        params=GenerationParams(max_new_tokens=7, temperature=temperature, top_p=0.5, seed=3),
+        stops=("<|eot_id|>", "STOP"),
+        messages=messages,
+    )
+
+
+async def collect(stream: AsyncIterator[NodeChunk]) -> list[NodeChunk]:
+    return [chunk async for chunk in stream]
+
+
+def recording_client(answer: httpx.Response, seen: list[httpx.Request]) -> httpx.AsyncClient:
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return answer
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize(("temperature", "sampling"), [(0.0, False), (0.7, True)])
+async def test_plumise_node_gets_json_and_greedy_for_zero_temperature(temperature: float, sampling: bool) -> None:
+    seen: list[httpx.Request] = []
+    answer = httpx.Response(200, json={"generated_text": "hi there", "num_tokens": 2})
+    async with recording_client(answer, seen) as http:
+        client = client_for_url("http://node:1", http, timeout=1)
+        chunks = await collect(client.generate(request(temperature)))
+    body = json.loads(seen[0].content)
+    assert seen[0].url == "http://node:1/api/v1/generate"
+    assert body["inputs"] == "PROMPT"
+    assert body["parameters"] == {"max_new_tokens": 7, "temperature": temperature, "top_p": 0.5, "do_sample": sampling}
+    assert chunks == [NodeChunk(text="hi there", total_tokens=2)]
+
+
+async def test_petals_http_sends_form_fields_and_reads_ok_false_as_failure() -> None:
+    seen: list[httpx.Request] = []
+    async with recording_client(httpx.Response(200, json={"ok": True, "outputs": "abc"}), seen) as http:
+        client = client_for_url("petals+http://node:2", http, timeout=1)
+        assert [c.text for c in await collect(client.generate(request()))] == ["abc"]
+    form = {k: v[0] for k, v in parse_qs(seen[0].content.decode()).items()}
+    assert form == {"model": "org/model", "inputs": "PROMPT", "max_new_tokens": "7", "do_sample": "0"}
+    async with recording_client(httpx.Response(200, json={"ok": False, "traceback": "boom"}), []) as http:
+        client = client_for_url("petals+http://node:2", http, timeout=1)
+        with pytest.raises(NodeFailure):
+            await collect(client.generate(request()))
+
+
+async def test_openai_node_gets_messages_for_chat_and_prompt_for_continuations() -> None:
+    sse = (
+        'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
+        'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+        'data: {"choices":[{"delta":{"content":"lo"},"finish_reason":"stop"}]}\n\n'
+        'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+        "data: [DONE]\n\n"
+    )
+    seen: list[httpx.Request] = []
+    answer = httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+    async with recording_client(answer, seen) as http:
+        client = client_for_url("openai+http://node:3/v1", http, timeout=1)
+        chat = await collect(client.generate(request(messages=(ChatMessage("user", "Hi"),))))
+        await collect(client.generate(request()))
+    assert seen[0].url == "http://node:3/v1/chat/completions"
+    body = json.loads(seen[0].content)
+    assert body["messages"] == [{"role": "user", "content": "Hi"}]
+    assert body["temperature"] == 0.0 and body["max_tokens"] == 7 and body["stream"] is True and body["seed"] == 3
+    assert seen[1].url == "http://node:3/v1/completions" and json.loads(seen[1].content)["prompt"] == "PROMPT"
+    assert "".join(c.text for c in chat) == "Hello"
+    assert chat[-1].total_tokens == 2
+    assert any(c.finish_reason == "stop" for c in chat)
+
+
+async def test_openai_node_error_event_and_missing_done_are_failures() -> None:
+    for sse in ('data: {"error": {"message": "x"}}\n\n', 'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'):
+        answer = httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+        async with recording_client(answer, []) as http:
+            client = client_for_url("openai+http://node:3", http, timeout=1)
+            with pytest.raises(NodeFailure):
+                await collect(client.generate(request()))
+
+
+async def test_petals_ws_opens_a_sized_session_streams_one_token_per_step_and_stops_at_max() -> None:
+    received: list[dict[str, Any]] = []
+
+    async def node(socket: ServerConnection) -> None:
+        async for raw in socket:
+            message = json.loads(raw)
+            received.append(message)
+            if message["type"] == "open_inference_session":
+                await socket.send(json.dumps({"ok": True}))
+            else:
+                for _ in range(100):  # a node with no bound of its own: the client must stop it
+                    await socket.send(json.dumps({"ok": True, "outputs": " w", "stop": False, "token_count": 1}))
+
+    async with serve(node, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with httpx.AsyncClient() as http:
+            client = client_for_url(f"petals+ws://127.0.0.1:{port}", http, timeout=2)
+            chunks = await collect(client.generate(request()))
+    opened, generate = received[0], received[1]
+    assert opened == {"type": "open_inference_session", "model": "org/model", "max_length": 2 * 10 + 7 + 16}
+    assert generate["inputs"] == "PROMPT" and generate["max_new_tokens"] == 1 and generate["do_sample"] == 0
+    assert generate["stop_sequence"] == "<|eot_id|>" and generate["extra_stop_sequences"] == ["STOP"]
+    assert "temperature" not in generate  # greedy: no sampling parameters at all
+    assert len(chunks) == 7 and chunks[-1].finish_reason == "length"
+
+
+def test_node_urls_are_checked() -> None:
+    with pytest.raises(ValueError, match="unsupported node URL"):
+        client_for_url("ftp://node", httpx.AsyncClient(), timeout=1)
+    with pytest.raises(ValueError, match="unsupported node URL"):
+        client_for_url("http://", httpx.AsyncClient(), timeout=1)
