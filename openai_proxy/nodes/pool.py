@@ -154,10 +154,13 @@ class NodePool:
                 attempt = request.continued("".join(produced), stats.completion_tokens)
                 stats.continuations += 1
             try:
-                async for chunk in self._attempt(node, attempt, stats, len(produced) == 0):
-                    if chunk.text:
-                        produced.append(chunk.text)
-                    yield chunk
+                # aclosing: when our caller stops early (a stop string), the attempt must settle its token
+                # count and release the node now, not whenever the garbage collector finalises it.
+                async with aclosing(self._attempt(node, attempt, stats, len(produced) == 0)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.text:
+                            produced.append(chunk.text)
+                        yield chunk
                 return
             except NodeFailure as exc:
                 failure = exc
