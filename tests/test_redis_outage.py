@@ -1,0 +1,97 @@
+"""Redis going away under a running gateway: pro and service-key traffic keeps flowing, free traffic and
+sign-in fail closed with 503 + Retry-After (never unlimited), and everything recovers without a restart.
+
+The gateway reaches the real Redis (db 12) through a TCP relay this test owns, so "Redis is down" is a real
+refused/reset connection, not a mock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from .auth_support import REDIS_DB, TcpRelay, assert_envelope, flushed_redis, new_account, request_nonce, sign_text
+from .conftest import PRO_WALLET, eventually
+
+LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[TcpRelay]:
+    async with flushed_redis():
+        relay = TcpRelay("127.0.0.1", 6379)
+        await relay.start()
+        try:
+            yield relay
+        finally:
+            await relay.stop()
+
+
+@pytest.fixture
+async def gw(relay, start_devnode, start_gateway):  # type: ignore[no-untyped-def]
+    node = await start_devnode()
+    return await start_gateway([f"http://{node.hostport}"], redis_url=f"redis://{relay.url_host}/{REDIS_DB}",
+                               free_tier_limit=3, api_keys=["svc-key-1:pro:backend", "svc-key-2:free:trial"])
+
+
+async def chat(http: httpx.AsyncClient, gw: Any, headers: dict[str, str]) -> httpx.Response:
+    body = {"model": LLAMA, "messages": HELLO, "max_tokens": 2}
+    return await http.post(f"{gw.v1}/chat/completions", json=body, headers=headers)
+
+
+async def test_outage_fails_closed_for_free_and_open_for_pro_then_recovers(gw, relay, http) -> None:  # type: ignore[no-untyped-def]
+    free = gw.headers(new_account().address)
+    pro = gw.headers(PRO_WALLET)
+    service = {"Authorization": "Bearer svc-key-1"}
+    assert (await chat(http, gw, free)).headers["x-ratelimit-remaining-requests"] == "2"
+
+    await relay.stop()
+    for headers in (pro, service):
+        response = await chat(http, gw, headers)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-ratelimit-limit-requests"] == "unlimited"
+    assert (await http.get(f"{gw.v1}/models", headers=pro)).status_code == 200
+    free_service = {"Authorization": "Bearer svc-key-2"}  # no revocation check: the limiter itself refuses
+    for _ in range(5):  # more than the quota: refused every time, never waved through
+        for headers in (free, free_service):
+            refused = await chat(http, gw, headers)
+            assert_envelope(refused, 503, "state_store_unavailable")
+            assert int(refused.headers["retry-after"]) >= 1
+    nonce = await http.post(f"{gw.url}/api/v1/auth/nonce", json={"address": new_account().address})
+    assert_envelope(nonce, 503)
+    assert int(nonce.headers["retry-after"]) >= 1
+    assert_envelope(await http.post(f"{gw.url}/api/v1/auth/logout", headers=free), 503)
+    # A pro token passes authentication, but its revocation cannot be recorded: 503, not a false "ok".
+    assert_envelope(await http.post(f"{gw.url}/api/v1/auth/logout", headers=pro), 503)
+
+    await relay.start()  # same port, same gateway process
+
+    async def free_works() -> bool:
+        return (await chat(http, gw, free)).status_code == 200
+
+    await eventually(free_works)
+    # The window survived in Redis: the outage neither reset nor spent the quota.
+    account = (await http.get(f"{gw.url}/api/v1/auth/me", headers=free)).json()
+    assert account["limits"]["remaining"] == 1
+    wallet = new_account()
+    issued = await request_nonce(http, gw.url, wallet.address)
+    signed = {"address": wallet.address, "signature": sign_text(wallet, issued["message"])}
+    assert (await http.post(f"{gw.url}/api/v1/auth/verify", json=signed)).status_code == 200
+
+
+async def test_verify_during_an_outage_is_503_and_keeps_the_nonce(gw, relay, http) -> None:  # type: ignore[no-untyped-def]
+    wallet = new_account()
+    issued = await request_nonce(http, gw.url, wallet.address)
+    signed = {"address": wallet.address, "signature": sign_text(wallet, issued["message"])}
+    await relay.stop()
+    assert_envelope(await http.post(f"{gw.url}/api/v1/auth/verify", json=signed), 503)
+    await relay.start()
+
+    async def signs_in() -> bool:
+        return (await http.post(f"{gw.url}/api/v1/auth/verify", json=signed)).status_code == 200
+
+    await eventually(signs_in)
