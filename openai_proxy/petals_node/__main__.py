@@ -1,0 +1,3 @@
+from openai_proxy.petals_node.options import main
+
+main()
