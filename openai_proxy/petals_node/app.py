@@ -35,9 +35,10 @@ async def http_generate(request: Request) -> JSONResponse:
     try:
         fields = HttpGenerate.model_validate(await _values(request))
         engine = runtime.engine_for(fields.model)
-        text = await asyncio.to_thread(
-            generate_text, engine, fields.inputs, fields.max_new_tokens, fields.max_length, fields.sampling()
-        )
+        with runtime.model_call():
+            text = await asyncio.to_thread(
+                generate_text, engine, fields.inputs, fields.max_new_tokens, fields.max_length, fields.sampling()
+            )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
         return _failure(f"ValueError: {problems}\n")

@@ -1,11 +1,18 @@
-"""The node's long-lived state: its options, the engine once loaded, and session counters for /health."""
+"""The node's long-lived state: its options, the engine once loaded, and the counters /health reports.
+
+`sessions` counts inference sessions open now (one per WebSocket, closed with it), `sessions_total` every
+session ever opened, and `generating` the model calls running right now. Model calls run on worker threads,
+off the event loop, so /health can answer while one runs and report it: a node that ran them on the loop
+could never answer with `generating` above 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from .engine import PetalsEngine, RequestError
@@ -26,6 +33,7 @@ class NodeRuntime:
         self.status: Status = "loading"
         self.sessions_open = 0
         self.sessions_total = 0
+        self.generating = 0
         self._counter_lock = threading.Lock()  # sessions close on worker threads
 
     async def load(self) -> None:
@@ -69,6 +77,17 @@ class NodeRuntime:
         with self._counter_lock:
             self.sessions_open -= 1
 
+    @contextmanager
+    def model_call(self) -> Iterator[None]:
+        """Count a model call (a generation step, an HTTP generation) for as long as it runs."""
+        with self._counter_lock:
+            self.generating += 1
+        try:
+            yield
+        finally:
+            with self._counter_lock:
+                self.generating -= 1
+
     def health(self) -> dict[str, object]:
         return {
             "status": self.status,
@@ -78,4 +97,5 @@ class NodeRuntime:
             "dht_prefix": self.options.dht_prefix,
             "sessions": self.sessions_open,
             "sessions_total": self.sessions_total,
+            "generating": self.generating,
         }

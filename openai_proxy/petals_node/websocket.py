@@ -111,7 +111,7 @@ async def generate_socket(websocket: WebSocket) -> None:
             await _send(websocket, {"ok": True})
             while not inbox.disconnected.is_set() and (message := await inbox.next()) is not None:
                 step = _parse(GenerateStep, message)
-                await _generate(websocket, inbox, worker, engine, session, step)
+                await _generate(websocket, runtime, inbox, worker, engine, session, step)
     except (WebSocketDisconnect, OSError):
         pass  # the client went away: nothing to tell it
     except RequestError as exc:
@@ -141,12 +141,14 @@ async def _open(
 
 
 async def _generate(
-    websocket: WebSocket, inbox: Inbox, worker: SessionWorker, engine: PetalsEngine, session: EngineSession,
-    step: GenerateStep,
+    websocket: WebSocket, runtime: NodeRuntime, inbox: Inbox, worker: SessionWorker, engine: PetalsEngine,
+    session: EngineSession, step: GenerateStep,
 ) -> None:
-    generation = await worker.run(Generation, engine, session, step)
+    with runtime.model_call():
+        generation = await worker.run(Generation, engine, session, step)
     while True:
-        result = await worker.run(generation.advance)
+        with runtime.model_call():
+            result = await worker.run(generation.advance)
         if result.piece is not None or result.finished:
             text, count = (result.piece.text, result.piece.tokens) if result.piece else ("", 0)
             await _send(websocket, {"ok": True, "outputs": text, "stop": result.finished, "token_count": count})

@@ -19,10 +19,12 @@ from websockets.sync.client import ClientConnection, connect
 from openai_proxy.templates import ChatMessage, get_template
 from openai_proxy.tokens import TokenCounter
 
-from .conftest import MODEL, Deployment, Reference, get_json
+from .conftest import MODEL, Deployment, Greedy, PetalsNode, Reference, get_json
+from .support import wait_for
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 STORY = "Once upon a time"
+HANG_GUARD = 120.0  # seconds: only ever reached when something hangs (the machine is slow and shared)
 
 
 def plain_prompt(messages: list[dict[str, str]]) -> str:
@@ -202,10 +204,126 @@ def test_ws_extra_stop_sequences_count_only_with_a_one_token_stop_sequence(
     assert sum(r["token_count"] for r in several_tokens[:-1]) > at_extra
 
 
+def _ws_url(node: PetalsNode) -> str:
+    return node.url.replace("http://", "ws://") + "/api/v2/generate"
+
+
+def _sessions_closed(deployment: Deployment, nodes: list[PetalsNode]) -> None:
+    """Wait (bounded) until no node has an open session or a running model call; from the test thread."""
+    def all_closed() -> bool | None:
+        healths = [deployment.node_health(node) for node in nodes]
+        return all(h["sessions"] == 0 and h["generating"] == 0 for h in healths) or None
+
+    wait_for(all_closed, "every petals-node session to close", HANG_GUARD, tuple(node.proc for node in nodes))
+
+
+def test_health_answers_while_a_long_generation_runs(deployment: Deployment, reference: Reference) -> None:
+    """Generation runs off the event loop: /health is served *during* a model call (`generating: 1`), which a
+    node running its model calls on the event loop could never report. One step of 300 tokens (no
+    stop_sequence: a single `generate` call) is long enough to be caught by polling; the bounds are hang
+    guards only."""
+    tokens = 300
+    expected = reference.greedy(STORY, tokens)
+    assert len(expected.ids) == tokens  # (the model does not end early on this prompt)
+    node = deployment.nodes[0]
+    _sessions_closed(deployment, [node])
+
+    def call() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        with connect(_ws_url(node)) as socket:
+            _exchange(socket, {"type": "open_inference_session", "model": MODEL,
+                               "max_length": expected.prompt_tokens + tokens})
+            socket.send(json.dumps({"type": "generate", "inputs": STORY, "max_new_tokens": tokens}))
+
+            def health_during_the_step() -> dict[str, Any] | None:
+                with httpx.Client(timeout=HANG_GUARD) as client:  # a hang guard, not a latency bound
+                    health: dict[str, Any] = client.get(f"{node.url}/health").json()
+                return health if health["generating"] else None
+
+            during = wait_for(health_during_the_step, "/health to report the running step", HANG_GUARD,
+                              (node.proc,))
+            return during, [json.loads(socket.recv(timeout=HANG_GUARD))]
+
+    during, replies = deployment.run(call)
+    assert (during["status"], during["generating"], during["sessions"]) == ("ok", 1, 1)
+    # The step the health check overlapped was not disturbed by it.
+    assert replies == [{"ok": True, "outputs": expected.text, "stop": True, "token_count": tokens}]
+
+
+def test_every_session_closes_with_its_socket(deployment: Deployment) -> None:
+    """One inference session per socket, closed with it: after every earlier test (the gateway's sockets,
+    the WebSocket tests above), then after a socket that leaves mid-generation and one that never generates,
+    both nodes are back to 0 open sessions."""
+    nodes = deployment.nodes
+    _sessions_closed(deployment, nodes)  # everything the earlier tests opened
+    node = nodes[0]
+    total = deployment.node_health(node)["sessions_total"]
+
+    def leave_mid_generation() -> tuple[dict[str, Any], dict[str, Any]]:
+        with connect(_ws_url(node)) as socket:
+            _exchange(socket, {"type": "open_inference_session", "model": MODEL, "max_length": 900})
+            # A stop sequence that never comes: the node would step until max_length; we leave after one step.
+            socket.send(json.dumps({"type": "generate", "inputs": STORY, "max_new_tokens": 1,
+                                    "stop_sequence": "never\u0007there"}))
+            first = json.loads(socket.recv(timeout=HANG_GUARD))
+            return first, get_json(f"{node.url}/health")
+
+    first, while_open = deployment.run(leave_mid_generation)
+    assert first["ok"] is True and first["stop"] is False
+    assert (while_open["sessions"], while_open["sessions_total"]) == (1, total + 1)
+    _sessions_closed(deployment, [node])
+
+    def open_and_leave() -> dict[str, Any]:
+        with connect(_ws_url(node)) as socket:
+            opened = _exchange(socket, {"type": "open_inference_session", "model": MODEL, "max_length": 16})
+            assert opened == [{"ok": True}]
+            return get_json(f"{node.url}/health")  # type: ignore[no-any-return]
+
+    while_open = deployment.run(open_and_leave)
+    assert (while_open["sessions"], while_open["sessions_total"]) == (1, total + 2)
+    _sessions_closed(deployment, [node])
+    assert deployment.node_health(node)["sessions_total"] == total + 2  # one session per socket, no more
+
+
 # --- failover: last, because it kills a node -------------------------------------------------------------
 
 
-def test_killing_the_node_mid_answer_continues_on_the_other(deployment: Deployment) -> None:
+def is_one_failover_answer(reference: Reference, prompt: str, full: Greedy, answer: str, seen: str) -> bool:
+    """Whether `answer` is exactly one greedy answer carried over a failover: nothing repeated, nothing missing.
+
+    A continuation (NodeRequest.continued) sends the survivor the rendered prompt plus the text produced so
+    far *as text*, with max_new_tokens reduced by the tokens already counted. The survivor re-tokenises that
+    text, and BPE may split it differently at the cut than the first node's generated ids were (e.g. " t" +
+    "he" generated, " the" re-encoded); the survivor then continues greedily from the *re-tokenised* text, and
+    its output need not be the uninterrupted greedy answer `full`. What holds exactly, whatever the cut: for
+    some n,
+      * the first node's part is the uninterrupted greedy answer's first n tokens, `full.text[:k]`, and covers
+        at least what the client had seen when the node was killed (`k >= len(seen)`);
+      * the rest is exactly plain transformers' greedy continuation of (prompt + that text), of exactly
+        len(full.ids) - n tokens (the budget the pool gives the survivor).
+    Where re-tokenisation at the cut is stable, that continuation *is* the rest of `full`, so the property is
+    `answer == full.text` (with this tiny model and prompt every cut is stable: measured, so this is what
+    normally passes). Otherwise the cut is searched for, latest first, with one reference run per candidate.
+    """
+    if answer == full.text:
+        return True
+    total = len(full.ids)
+    offsets = [len("".join(full.pieces[:n])) for n in range(total + 1)]
+    for n in range(total - 1, 0, -1):  # the survivor had at least one token to make
+        k = offsets[n]
+        if k < len(seen):
+            return False
+        if answer[:k] != full.text[:k]:
+            continue  # past where the answer leaves the uninterrupted one: the cut is earlier
+        rest = reference.greedy(prompt + answer[:k], total - n)
+        if len(rest.ids) == total - n and answer == answer[:k] + rest.text:
+            return True
+    return False
+
+
+def test_killing_the_node_mid_answer_continues_on_the_other(deployment: Deployment, reference: Reference) -> None:
+    prompt = plain_prompt(HELLO)
+    full = reference.greedy(prompt, 300)
+    assert len(full.ids) == 300  # (the model does not end early on this prompt)
     before = {node.url: deployment.node_health(node)["sessions_total"] for node in deployment.nodes}
 
     def call() -> tuple[str, str, str | None, Any, str]:
@@ -230,5 +348,11 @@ def test_killing_the_node_mid_answer_continues_on_the_other(deployment: Deployme
     survivor = next(node for node in deployment.nodes if node.url != killed)
     assert killed and seen_at_kill and text.startswith(seen_at_kill) and len(text) > len(seen_at_kill)
     assert (finish, usage.completion_tokens) == ("length", 300)  # one complete answer
-    # The survivor served the rest: a session of its own, opened after the kill.
+    # The survivor served the rest: a session of its own, opened after the kill, and closed with its socket.
     assert deployment.node_health(survivor)["sessions_total"] == before[survivor.url] + 1
+    _sessions_closed(deployment, [survivor])
+    # Nothing repeated, nothing missing: the first node's greedy part, then the survivor's greedy continuation.
+    assert is_one_failover_answer(reference, prompt, full, text, seen_at_kill), (
+        f"not one answer: {text!r} is no first-node prefix (at least {seen_at_kill!r}) plus the greedy "
+        f"continuation of it; the uninterrupted answer is {full.text!r}"
+    )
