@@ -2,7 +2,8 @@
 `socket.io-client` package against a live `openai-proxy serve` over devnodes.
 
 The example is run as written: only PLUMISE_TOKEN and PLUMISE_URL come from the test. Its model,
-`meta-llama/Llama-3.1-8B`, is the original README's, so this gateway's catalogue (MODELS_FILE) names it.
+`meta-llama/Llama-3.1-8B`, is the original README's: the built-in catalogue keeps it as an alias of
+`meta-llama/Llama-3.1-8B-Instruct`, so the session's ordinary gateway serves it.
 The npm packages come from compat_tests/js (`npm ci` in .ci/services); the example is copied next to a
 `node_modules` link, because Node resolves ESM imports from the importing file's folder.
 """
@@ -16,22 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Keys, Launcher, start_gateway
 from .support import Gateway, reference
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "socketio_client.js"
 NODE_MODULES = REPO / "compat_tests" / "js" / "node_modules"
-README_MODEL = "meta-llama/Llama-3.1-8B"
 RUN_TIMEOUT = 60
-
-CATALOGUE = {
-    "models": [
-        {"id": README_MODEL, "template": "llama3", "context_length": 8192, "tier": "free", "max_output_tokens": 4096,
-         "created": 1721692800, "description": "Llama 3.1 8B: the original README's example model."},
-    ]
-}
-
 
 def node_exe() -> str:
     exe = shutil.which("node")
@@ -41,12 +32,9 @@ def node_exe() -> str:
 
 
 @pytest.fixture(scope="module")
-def readme_gateway(launcher: Launcher, keys: Keys, gateway: Gateway) -> Gateway:
-    """A gateway over the session's devnodes whose catalogue has the original README's model."""
-    models_file = launcher.workdir / "readme-models.json"
-    models_file.write_text(json.dumps(CATALOGUE))
-    readme, _ = start_gateway(launcher, keys, "readme-gateway", gateway.node_urls, MODELS_FILE=str(models_file))
-    return readme
+def readme_gateway(gateway: Gateway) -> Gateway:
+    """The session's gateway, with its built-in catalogue: nothing configured for the old example."""
+    return gateway
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,9 @@ class ModelSpec(BaseModel):
     owned_by: str = Field(min_length=1)
     description: str = ""
     tokenizer: str | None = None
+    # Other ids clients may send for this model: the original service's catalogue named base models
+    # (`meta-llama/Llama-3.1-8B`) where this one serves their instruct versions, and its clients still send them.
+    aliases: tuple[str, ...] = ()
     created: int = Field(ge=0, description="unix seconds; fixed per entry so /v1/models is stable")
 
     @model_validator(mode="before")
@@ -65,19 +68,25 @@ class ModelSpec(BaseModel):
 class Catalog:
     """An immutable, ordered set of ``ModelSpec`` keyed by id."""
 
-    __slots__ = ("_by_id",)
+    __slots__ = ("_by_id", "_by_alias")
 
     def __init__(self, specs: Iterable[ModelSpec]) -> None:
         by_id: dict[str, ModelSpec] = {}
+        by_alias: dict[str, ModelSpec] = {}
         for spec in specs:
-            if spec.id in by_id:
+            if spec.id in by_id or spec.id in by_alias:
                 raise ValueError(f"duplicate model id {spec.id!r}")
             by_id[spec.id] = spec
+            for alias in spec.aliases:
+                if alias in by_id or alias in by_alias:
+                    raise ValueError(f"alias {alias!r} of {spec.id!r} is already a model id or alias")
+                by_alias[alias] = spec
         self._by_id: Mapping[str, ModelSpec] = MappingProxyType(by_id)
+        self._by_alias: Mapping[str, ModelSpec] = MappingProxyType(by_alias)
 
     def get(self, model_id: str) -> ModelSpec | None:
-        """The spec for ``model_id``, or None if the gateway does not serve it."""
-        return self._by_id.get(model_id)
+        """The spec for ``model_id`` (an id or an alias), or None if the gateway does not serve it."""
+        return self._by_id.get(model_id) or self._by_alias.get(model_id)
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -159,7 +168,17 @@ _BUILTIN: tuple[tuple[str, str, int, Tier, int, int, str], ...] = (
 def builtin_catalog() -> Catalog:
     """The models the gateway serves when no catalogue file is configured."""
     keys = ("id", "template", "context_length", "tier", "max_output_tokens", "created", "description")
-    return Catalog(ModelSpec.model_validate(dict(zip(keys, row, strict=True))) for row in _BUILTIN)
+    return Catalog(
+        ModelSpec.model_validate({**dict(zip(keys, row, strict=True)), "aliases": _BUILTIN_ALIASES.get(row[0], ())})
+        for row in _BUILTIN
+    )
+
+
+# The original service's ids for the models it listed (upstream-protocols.md §9.1).
+_BUILTIN_ALIASES: dict[str, tuple[str, ...]] = {
+    "meta-llama/Llama-3.1-8B-Instruct": ("meta-llama/Llama-3.1-8B",),
+    "meta-llama/Llama-3.1-70B-Instruct": ("meta-llama/Llama-3.1-70B",),
+}
 
 
 def _parse(path: Path) -> object:

@@ -148,3 +148,18 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_every_builtin_template_exists() -> None:
     assert {spec.template for spec in builtin_catalog()} == set(TEMPLATE_NAMES)
+
+
+def test_the_original_services_model_ids_are_aliases_of_the_instruct_models() -> None:
+    catalog = load_catalog(None)
+    assert catalog.get("meta-llama/Llama-3.1-8B") is catalog.get("meta-llama/Llama-3.1-8B-Instruct")
+    assert catalog.get("meta-llama/Llama-3.1-70B") is catalog.get("meta-llama/Llama-3.1-70B-Instruct")
+    assert "meta-llama/Llama-3.1-8B" not in catalog.ids  # listed once, under its own id
+
+
+def test_an_alias_may_not_shadow_another_id(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    entry = {"template": "plain", "context_length": 10, "tier": "free", "max_output_tokens": 5, "created": 0}
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"models": [{"id": "a/one", **entry}, {"id": "b/two", "aliases": ["a/one"], **entry}]}))
+    with pytest.raises(ValueError, match="alias 'a/one'"):
+        load_catalog(path)
