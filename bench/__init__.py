@@ -1,0 +1,1 @@
+"""The gateway benchmark: the gateway, a bare passthrough and LiteLLM's proxy side by side (see README.md)."""
