@@ -10,6 +10,10 @@ files there, and whichever worker answers a scrape sums them all. Node state liv
 so in that mode every worker copies its nodes' state into shared gauges and counters every second (and the
 scraped worker just before answering): in-flight and failures then add up across workers. With one process
 a custom collector reads the pool's `Node` objects directly at scrape time.
+
+The chain integration's counters (chain/stats.py: RPC failures, tier lookups and their failures, debits
+sent, refused and confirmed) are exported the same way, as `openai_proxy_chain_<name>_total`: read from the
+live `ChainStats` at scrape time, or copied into shared counters in multiprocess mode.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .api.docs import Operation
+from .chain.stats import HELP as CHAIN_HELP
+from .chain.stats import ChainStats
 from .nodes.node import Node
 from .nodes.pool import NodePool
 from .telemetry import RequestInfo, node_label
@@ -89,6 +95,9 @@ class Metrics:
         self._pool: NodePool | None = None
         self._collector: NodeCollector | None = None
         self._sync = NodeSync(own) if self.multiprocess else None
+        self._chain: ChainStats | None = None
+        self._chain_collector: ChainCollector | None = None
+        self._chain_sync = ChainSync(own) if self.multiprocess else None
         self.registry = self._scrape_registry()
 
     def _scrape_registry(self) -> CollectorRegistry:
@@ -129,21 +138,57 @@ class Metrics:
         """Multiprocess mode: keep this worker's share of the node metrics current (a lifespan task)."""
         while self._sync is not None and self._pool is not None:
             self._sync.sync(self._pool)
+            self._sync_chain()
             await asyncio.sleep(NODE_SYNC_SECONDS)
+
+    # --- chain -------------------------------------------------------------------------------------------
+
+    def watch_chain(self, stats: ChainStats) -> None:
+        """Report the chain integration's counters (idempotent; the gateway holds one ChainStats for life)."""
+        if self._chain is stats:
+            return
+        self._unwatch_chain()
+        self._chain = stats
+        if self._chain_sync is not None:
+            self._chain_sync.copied.clear()  # a new ChainStats counts from zero
+        else:
+            self._chain_collector = ChainCollector(stats)
+            self._own.register(self._chain_collector)
+
+    def _unwatch_chain(self) -> None:
+        if self._chain_collector is not None:
+            self._own.unregister(self._chain_collector)
+            self._chain_collector = None
+        self._chain = None
+
+    def _watch_chain_of(self, request: Request) -> None:
+        """Pick up the chain of the gateway serving `request` (its lifespan state), if it runs one."""
+        chain = getattr(getattr(request.state, "gateway", None), "chain", None)
+        stats = getattr(chain, "stats", None)
+        if isinstance(stats, ChainStats):
+            self.watch_chain(stats)
+
+    def _sync_chain(self) -> None:
+        if self._chain_sync is not None and self._chain is not None:
+            self._chain_sync.sync(self._chain)
 
     def close(self) -> None:
         if self._collector is not None:
             self._own.unregister(self._collector)
             self._collector = None
         self._pool = None
+        self._sync_chain()  # multiprocess: the last changes count too
+        self._unwatch_chain()
         if self.multiprocess:  # this worker's live gauges (in-flight, health) stop counting
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     # --- exposition -----------------------------------------------------------------------------------------
 
     async def endpoint(self, request: Request) -> Response:
+        self._watch_chain_of(request)
         if self._sync is not None and self._pool is not None:
             self._sync.sync(self._pool)
+        self._sync_chain()
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     def routes(self) -> list[Route]:
@@ -215,6 +260,33 @@ class NodeSync:
             self._copied[node] = _Copied(node.requests, node.failures, info)
 
 
+class ChainCollector(Collector):
+    """One process: read the chain integration's counters at scrape time."""
+
+    def __init__(self, stats: ChainStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        for name, count in self.stats.snapshot().items():
+            yield CounterMetricFamily(f"openai_proxy_chain_{name}", CHAIN_HELP[name], value=count)
+
+
+class ChainSync:
+    """Several workers: advance shared counters by the change in this worker's ChainStats since the last copy."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counters = {name: Counter(f"openai_proxy_chain_{name}", CHAIN_HELP[name], registry=registry)
+                         for name in ChainStats.names()}
+        self.copied: dict[str, int] = {}
+
+    def sync(self, stats: ChainStats) -> None:
+        for name, count in stats.snapshot().items():
+            change = count - self.copied.get(name, 0)
+            if change > 0:
+                self.counters[name].inc(change)
+            self.copied[name] = count
+
+
 @dataclass(frozen=True, slots=True)
 class _Copied:
     requests: int = 0
@@ -227,5 +299,6 @@ operations = [
               response={"type": "string"}, media_type=CONTENT_TYPE_LATEST,
               description="Requests by route, model, status and tier; latency and time-to-first-token "
               "histograms; tokens; rate-limit refusals; failovers and continuations; per-node health, "
-              "in-flight and failures. Aggregated across workers."),
+              "in-flight and failures; on-chain tier lookups, debits and chain RPC failures "
+              "(`openai_proxy_chain_*`). Aggregated across workers."),
 ]

@@ -9,6 +9,7 @@ auto-impersonation (`eth_sendTransaction` from any address), so the tests never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -16,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from eth_abi.abi import decode, encode
 from eth_account import Account
 from eth_utils.crypto import keccak
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import eventually
 
@@ -35,6 +39,7 @@ CHAIN_ID = 41956
 PLM = 10**18
 COST_PER_TOKEN_WEI = 10**15 // 1000  # the contract's default: 0.001 PLM per 1000 tokens
 CREDIT_USED = "0x" + keccak(text="CreditUsed(address,uint256,uint256)").hex()
+REDIS_URL = "redis://127.0.0.1:6379/8"  # the chain tests own db 8, and only their own prefix in it
 
 
 @functools.cache
@@ -204,3 +209,102 @@ async def run_chain(workdir: Path) -> AsyncIterator[Chain]:
             yield chain
         finally:
             await chain.stop()
+
+
+@asynccontextmanager
+async def redis_db8() -> AsyncIterator[dict[str, str]]:
+    """Gateway settings for Redis db 8 under a prefix of this test's own, whose keys are removed afterwards:
+    concurrent runs of the suite on one machine (and so one Redis) cannot see or wipe each other's state."""
+    prefix = f"test-chain-{uuid.uuid4().hex}:"
+    try:
+        yield {"redis_url": REDIS_URL, "redis_prefix": prefix}
+    finally:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def chain_metrics(http: httpx.AsyncClient, base_url: str) -> dict[str, float]:
+    """The gateway's `openai_proxy_chain_*` counters from GET /metrics, by sample name (`..._total`)."""
+    response = await http.get(f"{base_url}/metrics")
+    assert response.status_code == 200, response.text
+    return {sample.name: sample.value for family in text_string_to_metric_families(response.text)
+            for sample in family.samples if sample.name.startswith("openai_proxy_chain_")}
+
+
+class StallingRpc:
+    """A loopback TCP endpoint to use as CHAIN_RPC_URL: it relays to anvil at `upstream` (if given) until
+    `stall()`, and from then on accepts connections and reads what is sent but never answers a byte, on new
+    connections and on those already open: a chain node that is up but hopelessly slow."""
+
+    def __init__(self, upstream: int | None = None) -> None:
+        self.upstream = upstream
+        self.stalled = upstream is None
+        self.unanswered = 0  # reads from the gateway that got no answer
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def stall(self) -> None:
+        self.stalled = True
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        for writer in list(self._writers):
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            async with asyncio.timeout(10):
+                await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        upstream: asyncio.StreamWriter | None = None
+        relay: asyncio.Task[None] | None = None
+        try:
+            if not self.stalled and self.upstream is not None:
+                up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream)
+                self._writers.add(upstream)
+                relay = asyncio.create_task(self._answers(up_reader, writer))
+            while data := await reader.read(65536):
+                if self.stalled or upstream is None:
+                    self.unanswered += 1  # swallowed: the gateway waits for an answer that never comes
+                else:
+                    upstream.write(data)
+                    await upstream.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if relay is not None:
+                relay.cancel()
+            for side in (writer, upstream):
+                if side is not None:
+                    self._writers.discard(side)
+                    side.close()
+
+    async def _answers(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Relay the node's answers until stalled; then drop them (the connection stays open, silent)."""
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await up_reader.read(65536):
+                if not self.stalled:
+                    writer.write(data)
+                    await writer.drain()
+
+
+@asynccontextmanager
+async def stalling_rpc(upstream: int | None = None) -> AsyncIterator[StallingRpc]:
+    rpc = StallingRpc(upstream)
+    await rpc.start()
+    try:
+        yield rpc
+    finally:
+        await rpc.close()

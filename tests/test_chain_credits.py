@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -13,14 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from openai_proxy.app import create_app
+from openai_proxy.chain.ledger import DebitLedger
+from openai_proxy.store import create_store
 
-from .chain_support import PLM, Chain, new_address, run_chain, selector_call
+from . import chain_support
+from .chain_support import PLM, Chain, chain_metrics, new_address, run_chain, selector_call
 from .conftest import Gateway, eventually, make_settings, serve_app
 
-REDIS_URL = "redis://127.0.0.1:6379/8"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
@@ -36,16 +36,8 @@ async def node(start_devnode: Any) -> str:
 
 
 @pytest.fixture
-async def redis_db8() -> AsyncIterator[dict[str, str]]:
-    """Redis db 8 under a prefix of this test's own, removed afterwards: concurrent runs of the suite on one
-    machine (and so one Redis) cannot see or wipe each other's ledger, as a FLUSHDB would."""
-    prefix = f"test-chain-{uuid.uuid4().hex}:"
-    yield {"redis_url": REDIS_URL, "redis_prefix": prefix}
-    client = aioredis.Redis.from_url(REDIS_URL)
-    keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+async def redis_db8(stack: AsyncExitStack) -> AsyncIterator[dict[str, str]]:
+    yield await stack.enter_async_context(chain_support.redis_db8())
 
 
 async def use(http: httpx.AsyncClient, gw: Any, address: str, max_tokens: int = 5) -> int:
@@ -138,6 +130,65 @@ async def test_no_double_debit_across_a_gateway_restart(
     for _ in range(3):  # later rounds keep the totals: nothing is sent again
         await chain.rpc("evm_mine")
     assert await chain.used_tokens(alice) == used[alice] and await chain.used_tokens(bob) == used[bob]
+
+
+async def test_usage_during_an_rpc_outage_is_debited_once_the_chain_is_back(
+    chain: Chain, node: str, start_gateway: Any, http: Any, redis_db8: dict[str, str], stack: AsyncExitStack
+) -> None:
+    """The chain node is killed mid-run and restarted with its state: requests made meanwhile answer 200
+    without waiting for it, their tokens pile up as pending debits, the failures are counted on /metrics,
+    and once the node is back every token of every request is debited exactly once."""
+    user, newcomer = new_address(), new_address()
+    await chain.deposit(user, 150 * PLM)
+    await chain.deposit(newcomer, 150 * PLM)
+    gw = await start_gateway([node], **redis_db8, **chain.gateway_settings())
+    store = create_store(redis_db8["redis_url"], prefix=redis_db8["redis_prefix"])
+    stack.push_async_callback(store.close)
+    bookkeeping = DebitLedger(store)  # the gateway's own ledger in Redis, read from outside
+
+    used = sum(await asyncio.gather(*(use(http, gw, user) for _ in range(4))))
+    before = await chain_metrics(http, gw.url)
+    await chain.stop()  # killed mid-run: possibly with a debit just sent, or still pending
+
+    async with asyncio.timeout(60):  # a hang guard: a request that waited for the chain would never end
+        during = [await use(http, gw, user, max_tokens=3 + i) for i in range(5)]
+        assert await tier_of(http, gw, newcomer) == "free"  # never seen, chain down: free, not a 500
+        down = await http.get(f"{gw.url}/api/v1/payment/balance", headers=gw.headers(user))
+    used += sum(during)
+    assert down.status_code == 503 and down.json()["error"]["code"] == "chain_unavailable"
+
+    async def piled_up() -> bool:  # nothing can leave "pending" while the node is down
+        return (await bookkeeping.account(user)).pending >= sum(during)
+
+    await eventually(piled_up)
+
+    async def counted() -> bool:
+        now = await chain_metrics(http, gw.url)
+        return all(now[f"openai_proxy_chain_{name}_total"] > before[f"openai_proxy_chain_{name}_total"]
+                   for name in ("rpc_failures", "debit_round_failures", "tier_lookup_failures",
+                                "tier_fallback_free", "debit_tokens_recorded"))
+
+    await eventually(counted)
+
+    await chain.start()  # the same port, and the state anvil dumped when it stopped
+    await debited(chain, user, used)
+    await eventually(lambda: _settled(http, gw, user))
+    for _ in range(3):  # later rounds change nothing: no token was sent twice
+        await chain.rpc("evm_mine")
+    assert await chain.used_tokens(user) == used and sum(await chain.credit_events(user)) == used
+    assert await chain.used_tokens(newcomer) == 0  # free during the outage: not billed
+
+    after = await chain_metrics(http, gw.url)
+    assert after["openai_proxy_chain_debit_tokens_recorded_total"] == used
+    assert after["openai_proxy_chain_debit_tokens_confirmed_total"] == used
+    assert after["openai_proxy_chain_debit_dropped_tokens_total"] == 0
+
+
+async def tier_of(http: httpx.AsyncClient, gw: Any, address: str) -> str:
+    response = await http.get(f"{gw.url}/api/v1/auth/me", headers=gw.headers(address))
+    assert response.status_code == 200, response.text
+    tier: str = response.json()["tier"]
+    return tier
 
 
 async def _settled(http: httpx.AsyncClient, gw: Any, address: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -11,11 +12,21 @@ from typing import Any
 import httpx
 import pytest
 
-from .chain_support import PLM, Chain, free_port, new_address, run_chain
+from .chain_support import (
+    PLM,
+    Chain,
+    chain_metrics,
+    free_port,
+    new_address,
+    redis_db8,
+    run_chain,
+    stalling_rpc,
+)
 from .conftest import eventually
 
 PRO_MODEL = "meta-llama/Llama-3.1-70B-Instruct"
 FREE_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+HANG_GUARD = 60.0  # seconds: only catches a request that waits for the chain forever; never a timing assert
 
 
 @pytest.fixture
@@ -139,3 +150,59 @@ async def test_the_gateway_starts_and_serves_with_no_chain(node: str, start_gate
     assert await tier_of(http, unreachable, wallet) == "free"
     assert (await chat(http, unreachable, wallet)).status_code == 200
     assert (await http.get(f"{unreachable.url}/health")).status_code == 200
+
+
+async def test_a_slow_rpc_answers_unseen_wallets_free_and_keeps_the_last_known_tier(
+    chain: Chain, node: str, start_gateway: Any, http: Any, stack: AsyncExitStack
+) -> None:
+    """CHAIN_RPC_URL accepts connections and never answers: requests end anyway (CHAIN_RPC_TIMEOUT bounds
+    every call), the wallet known as pro stays pro, a wallet never seen is free, and nothing is a 500."""
+    known, unseen = new_address(), new_address()
+    await chain.deposit(known, 100 * PLM)
+    await chain.deposit(unseen, 100 * PLM)  # pro on chain: "free" below can only be the fallback
+    rpc = await stack.enter_async_context(stalling_rpc(upstream=chain.port))
+    gw = await start_gateway([node], **chain.gateway_settings(
+        chain_rpc_url=rpc.url, chain_rpc_timeout=1.0, tier_cache_seconds=0.2))
+    assert await tier_of(http, gw, known) == "pro"  # learnt from the chain, through the relay
+    before = await chain_metrics(http, gw.url)
+
+    rpc.stall()
+    async with asyncio.timeout(HANG_GUARD):
+        assert await tier_of(http, gw, unseen) == "free"
+        for _ in range(3):  # stale after 0.2 s: refreshed in the background, never waited for
+            assert await tier_of(http, gw, known) == "pro"
+        assert (await chat(http, gw, known, PRO_MODEL)).status_code == 200
+        assert (await chat(http, gw, unseen)).status_code == 200
+        refused = await chat(http, gw, unseen, PRO_MODEL)
+        slow = await http.get(f"{gw.url}/api/v1/payment/balance", headers=gw.headers(known))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "tier_required"
+    assert slow.status_code == 503 and slow.json()["error"]["code"] == "chain_unavailable"
+    assert rpc.unanswered > 0  # the gateway did ask, and got nothing back
+
+    async def counted() -> bool:
+        now = await chain_metrics(http, gw.url)
+        return all(now[f"openai_proxy_chain_{name}_total"] > before[f"openai_proxy_chain_{name}_total"]
+                   for name in ("rpc_failures", "tier_lookup_failures", "tier_fallback_free"))
+
+    await eventually(counted, within=HANG_GUARD)
+
+
+async def test_replicas_share_the_tier_cache_through_redis(
+    chain: Chain, node: str, start_gateway: Any, http: Any, stack: AsyncExitStack
+) -> None:
+    """Two gateways on one Redis (db 8, a prefix of this test's own): A learns a wallet is pro from the chain;
+    with the chain gone, B, which never looked that wallet up, answers pro from the shared cache."""
+    user, nobody = new_address(), new_address()
+    await chain.deposit(user, 100 * PLM)
+    shared = await stack.enter_async_context(redis_db8())
+    a = await start_gateway([node], **shared, **chain.gateway_settings())
+    b = await start_gateway([node], **shared, **chain.gateway_settings())
+    assert await tier_of(http, a, user) == "pro"
+
+    await chain.stop()
+    assert await tier_of(http, b, user) == "pro"
+    assert (await chat(http, b, user, PRO_MODEL)).status_code == 200
+    assert await tier_of(http, b, nobody) == "free"  # what nobody knows stays free while the chain is down
+    seen_by_b = await chain_metrics(http, b.url)
+    assert seen_by_b["openai_proxy_chain_tier_lookups_total"] == 0  # B never read a tier from the chain
+    assert seen_by_b["openai_proxy_chain_tier_fallback_free_total"] == 1  # nobody's, not the user's

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from openai_proxy.chain.ledger import InFlight, Signed
 from openai_proxy.chain.payment import InferencePayment, plm, selector
 from openai_proxy.chain.signer import Fees
+from openai_proxy.settings import Settings
 
 from .conftest import make_settings
 
@@ -39,6 +40,10 @@ def test_the_in_flight_record_round_trips() -> None:
     tx = InFlight(address="0xabc", nonce=7, tokens=99, sent_at=12.5,
                   versions=(Signed("0x1", "0x2", 10, 1), Signed("0x3", "0x4", 13, None)))
     assert InFlight.from_json(tx.to_json()) == tx
+
+
+def test_the_default_contract_is_plumise_mainnets_inference_payment() -> None:
+    assert Settings.model_fields["inference_payment_address"].default == "0x5bfb4d6feab6e7ec09edb6044dcafd23bc8c20c5"
 
 
 def test_the_chain_is_off_unless_asked_for() -> None:

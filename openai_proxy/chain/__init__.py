@@ -60,6 +60,8 @@ class ChainServices:
             self.tasks.append(asyncio.create_task(self.sender.run(), name="credit-sender"))
 
     async def close(self) -> None:
+        if self.sender is not None:
+            self.sender.stop()
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -72,9 +74,9 @@ def build_chain(settings: Settings, http: httpx.AsyncClient, store: StateStore) 
     """The chain services, or None when the chain is off (see Settings.chain_on)."""
     if not settings.chain_on:
         return None
-    rpc = RpcClient(http, settings.chain_rpc_url, timeout=settings.chain_rpc_timeout)
-    payment = InferencePayment(rpc, settings.inference_payment_address)
     stats = ChainStats()
+    rpc = RpcClient(http, settings.chain_rpc_url, timeout=settings.chain_rpc_timeout, stats=stats)
+    payment = InferencePayment(rpc, settings.inference_payment_address)
     tiers = ChainTierCache(
         payment, store, stats, cache_seconds=settings.tier_cache_seconds, first_wait=settings.chain_rpc_timeout
     )

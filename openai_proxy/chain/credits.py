@@ -67,9 +67,11 @@ class CreditSender:
         self._failing = 0
         self._checked = False
         self._misconfigured = ""
+        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        while True:
+        me = asyncio.current_task()
+        while not self._stopping.is_set():
             try:
                 async with asyncio.timeout(self._lease / 2):  # a round never outlives the lease it holds
                     await self.round()
@@ -79,7 +81,18 @@ class CreditSender:
             except Exception:  # the loop's boundary: a bug in one round must not stop billing for good
                 log.exception("credit sender round failed")
                 self._failing += 1
-            await asyncio.sleep(min(MAX_DEFER / 10, self._interval * 2 ** min(self._failing, 6)))
+                self._stats.debit_round_failures += 1
+            if me is not None and me.cancelling():
+                # A cancellation that reached a round was lost on the way (a library, or Python 3.11's
+                # timeouts, can swallow one or turn it into a TimeoutError): honour it, or shutdown hangs.
+                raise asyncio.CancelledError
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(MAX_DEFER / 10, self._interval * 2 ** min(self._failing, 6))):
+                    await self._stopping.wait()
+
+    def stop(self) -> None:
+        """End `run` after the current round, even if a cancellation of its task gets lost."""
+        self._stopping.set()
 
     async def close(self, grace: float = 5.0) -> None:
         """One last round (debits of a memory store would be lost otherwise), then give the lease back."""
@@ -263,6 +276,7 @@ class CreditSender:
 
     def _failed(self, exc: Exception) -> None:
         self._failing += 1
+        self._stats.debit_round_failures += 1
         if self._failing == 1:
             log.warning("credit sender cannot reach the chain or the store (will retry): %s", exc)
 

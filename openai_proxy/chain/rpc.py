@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from .. import jsonsafe
+from .stats import ChainStats
 
 Json = Any  # a decoded JSON-RPC result: str, int, dict, list or None
 
@@ -48,16 +49,32 @@ def to_bytes(value: Json) -> bytes:
 
 
 class RpcClient:
-    """`eth_*` calls against one endpoint, each bounded by `timeout` seconds."""
+    """`eth_*` calls against one endpoint, each bounded by `timeout` seconds. Calls that get no usable
+    answer are counted in `stats.rpc_failures`."""
 
-    def __init__(self, http: httpx.AsyncClient, url: str, *, timeout: float) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, url: str, *, timeout: float, stats: ChainStats | None = None
+    ) -> None:
         self._http = http
         self.url = url
         self._timeout = httpx.Timeout(timeout)
         self._ids = itertools.count(1)
+        self.stats = stats if stats is not None else ChainStats()
 
     async def call(self, method: str, *params: Json) -> Json:
-        payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
+        try:
+            body = await self._exchange(method, list(params))
+        except RpcUnavailable:
+            self.stats.rpc_failures += 1
+            raise
+        error = body.get("error")
+        if isinstance(error, dict):
+            raise RpcError(int(error.get("code", 0)), str(error.get("message", "")), error.get("data"))
+        return body["result"]
+
+    async def _exchange(self, method: str, params: list[Json]) -> dict[str, Json]:
+        """One request and its decoded answer: a JSON-RPC object holding a result or an error object."""
+        payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
         try:
             response = await self._http.post(self.url, json=payload, timeout=self._timeout)
             response.raise_for_status()
@@ -66,12 +83,9 @@ class RpcClient:
             raise RpcUnavailable(f"{method}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(body, dict):
             raise RpcUnavailable(f"{method}: the answer is not a JSON-RPC object")
-        error = body.get("error")
-        if isinstance(error, dict):
-            raise RpcError(int(error.get("code", 0)), str(error.get("message", "")), error.get("data"))
-        if "result" not in body:
+        if not isinstance(body.get("error"), dict) and "result" not in body:
             raise RpcUnavailable(f"{method}: the answer has neither result nor error")
-        return body["result"]
+        return body
 
     async def chain_id(self) -> int:
         return to_int(await self.call("eth_chainId"))
