@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,18 +18,29 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .api import auth, health, openai
+from . import metrics as metrics_api
+from .api import auth, docs, health, legacy, openai
+from .api import nodes as nodes_api
+from .api import payment as payment_api
+from .api import relay as relay_api
+from .api import report as report_api
 from .api.context import Gateway
 from .api.middleware import RequestContextMiddleware
+from .api.socketio import InferenceSockets
 from .auth.guard import Authenticator, parse_service_keys
 from .auth.jwt import TokenService
 from .auth.signin import SignInService
 from .auth.tiers import TierResolver
 from .catalog import load_catalog
+from .chain import build_chain
 from .errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 from .limits import RateLimiter
+from .metrics import Metrics
 from .nodes.clients import client_for_url
+from .nodes.clients.http import node_session
+from .nodes.discovery import OracleDiscovery
 from .nodes.pool import NodePool
+from .reports import UsageReporter
 from .service import InferenceService
 from .settings import Settings
 from .store import create_store
@@ -45,6 +57,11 @@ EXPOSED_HEADERS = [
 ]
 
 
+# The modules whose `operations` document their routes in /openapi.json (tests/test_docs.py checks that
+# every route of the app is documented).
+API_MODULES = (health, openai, auth, payment_api, legacy, metrics_api, nodes_api, report_api)
+
+
 class ConfigurationError(RuntimeError):
     """The settings cannot run a gateway; the message says which setting to change."""
 
@@ -59,12 +76,13 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-def build_gateway(settings: Settings, http: httpx.AsyncClient) -> Gateway:
+def build_gateway(settings: Settings, http: httpx.AsyncClient, session: aiohttp.ClientSession) -> Gateway:
     counter = TokenCounter(settings.tiktoken_encoding)
     catalog = load_catalog(settings.models_file)
     pool = NodePool(settings, counter)
+    pool.node_names = {spec.id: spec.node_model for spec in catalog if spec.node_model != spec.id}
     for url in settings.all_node_urls:
-        pool.add(client_for_url(url, http, timeout=settings.node_connect_timeout))
+        pool.add(client_for_url(url, http, timeout=settings.node_connect_timeout, session=session))
     assert settings.jwt_secret is not None
     tokens = TokenService(
         settings.jwt_secret.get_secret_value(),
@@ -72,13 +90,17 @@ def build_gateway(settings: Settings, http: httpx.AsyncClient) -> Gateway:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
-    store = create_store(settings.redis_url)
-    tiers = TierResolver(settings.pro_addresses)
+    store = create_store(settings.redis_url, prefix=settings.redis_prefix)
+    chain = build_chain(settings, http, store)  # None unless the chain is on (Settings.chain_on)
+    tiers = TierResolver(settings.pro_addresses, lookup=None if chain is None else chain.tiers.lookup)
+    limiter = RateLimiter(store, settings)
+    if chain is not None:
+        limiter.on_usage.append(chain.record_usage)
     auth = Authenticator(tokens, parse_service_keys(settings.api_keys), tiers, store)
     service = InferenceService(settings, catalog, pool, counter)
     return Gateway(
         settings=settings, catalog=catalog, counter=counter, http=http, pool=pool, service=service, auth=auth,
-        store=store, limiter=RateLimiter(store, settings), signin=SignInService(store, tokens, tiers, settings),
+        store=store, limiter=limiter, signin=SignInService(store, tokens, tiers, settings), chain=chain,
     )
 
 
@@ -92,23 +114,45 @@ def node_http_client(settings: Settings) -> httpx.AsyncClient:
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     check_settings(settings)
+    sockets = InferenceSockets(settings)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with node_http_client(settings) as http:
-            gw = build_gateway(settings, http)
+        async with node_http_client(settings) as http, node_session(settings.node_connect_timeout) as session:
+            gw = build_gateway(settings, http, session)
             await gw.pool.check_health()
             tasks = [asyncio.create_task(gw.pool.run_health_checks(), name="health-checks")]
+            if settings.oracle_api_url:  # first poll at once, in the background: a down Oracle never blocks startup
+                discovery = OracleDiscovery(settings, http, gw.pool, gw.catalog.ids)
+                tasks.append(asyncio.create_task(discovery.run(), name="oracle-discovery"))
+            reporter = UsageReporter(settings, http) if UsageReporter.enabled(settings) else None
+            if reporter is not None:
+                gw.pool.served.append(reporter.served)
+                tasks.append(asyncio.create_task(reporter.run(), name="usage-reports"))
+            metrics.watch(gw.pool)
+            if metrics.multiprocess:
+                tasks.append(asyncio.create_task(metrics.run_node_sync(), name="node-metrics"))
+            if gw.chain is not None:
+                metrics.watch_chain(gw.chain.stats)  # every worker exports its counters from the start
+                gw.chain.start()  # the credit sender; it never delays startup, reachable chain or not
             try:
                 yield {"gateway": gw}
             finally:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if reporter is not None:
+                    await reporter.flush()  # the counts since the last round, bounded by the report timeout
+                metrics.close()
+                if gw.chain is not None:
+                    await gw.chain.close()
+                await sockets.close()
                 await gw.store.close()
 
     middleware = [
-        Middleware(RequestContextMiddleware),
+        Middleware(sockets.wrap),  # outermost: /socket.io/ goes to Socket.IO, the rest to the routes
+        Middleware(RequestContextMiddleware, metrics=metrics),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
@@ -119,7 +163,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     return Starlette(
-        routes=[*health.routes, *openai.routes, *auth.routes],
+        routes=[*health.routes, *openai.routes, *auth.routes, *payment_api.routes, *legacy.routes,
+                *metrics.routes(), *docs.ApiDocs(docs.collect(API_MODULES)).routes(), *nodes_api.routes,
+                *report_api.routes, *relay_api.routes],
         middleware=middleware,
         exception_handlers={GatewayError: render_error, HTTPException: render_http_error, Exception: render_crash},
         lifespan=lifespan,
@@ -143,7 +189,7 @@ async def render_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(f"No route for {route}."))
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"Method not allowed: {route}."))
+        return error_response(MethodNotAllowed(f"Method not allowed: {route}.", headers=dict(exc.headers or {})))
     return error_response(InvalidRequest(str(exc.detail)))
 
 

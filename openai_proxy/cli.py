@@ -1,4 +1,4 @@
-"""The `openai-proxy` console script: serve, demo, devnode, token."""
+"""The `openai-proxy` console script: serve, demo, devnode, token, login, petals-node."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ from pydantic import SecretStr, ValidationError
 
 from .app import ConfigurationError, check_settings, create_app
 from .auth.jwt import TokenService
+from .catalog import load_catalog
 from .devnode import DevnodeConfig, serve_devnode
+from .login import DEFAULT_KEY_ENV, DEFAULT_URL, FORMS, run_login
 from .logs import configure_logging
+from .petals_node.options import add_arguments as add_petals_node_arguments
+from .server import serve, uvicorn_config
 from .settings import Settings
-from .tokens import TokenCounter, TokenizerUnavailable
+from .tokens import TokenCounter, TokenizerUnavailable, model_counters
 
 DEMO_ADDRESS = "0x00000000000000000000000000000000000De300"
 
@@ -40,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway (configured from the environment and .env)")
     serve.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (default: PORT or 3200)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (more than 1 needs REDIS_URL)")
     serve.set_defaults(run=run_serve)
 
     demo = commands.add_parser("demo", help="gateway + three simulated nodes, ready to try")
@@ -61,6 +66,21 @@ def _parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint an API token (JWT) from JWT_SECRET")
     token.add_argument("--address", required=True, help="wallet address the token is for (0x...)")
     token.set_defaults(run=run_token)
+
+    login = commands.add_parser("login", help="sign in with a wallet key and print the API token (JWT)")
+    login.add_argument("--url", default=DEFAULT_URL, help=f"gateway URL, with or without /v1 (default {DEFAULT_URL})")
+    key = login.add_mutually_exclusive_group()  # never the key itself: argv is visible to every user
+    key.add_argument("--key-env", default=DEFAULT_KEY_ENV, metavar="VAR",
+                     help=f"environment variable holding the hex private key (default {DEFAULT_KEY_ENV})")
+    key.add_argument("--key-file", metavar="PATH", help="file holding the hex private key")
+    login.add_argument("--form", choices=FORMS, default="siwe", help="what the wallet signs (default siwe)")
+    login.set_defaults(run=run_login)
+
+    petals_node = commands.add_parser(
+        "petals-node", help="the public Petals API over a real Petals client (its environment: "
+        "scripts/install-petals-env.sh; also runs as `python -m openai_proxy.petals_node`)")
+    add_petals_node_arguments(petals_node)
+    petals_node.set_defaults(run=run_petals_node)
     return parser
 
 
@@ -69,9 +89,16 @@ def run_serve(args: argparse.Namespace) -> None:
     settings = Settings(**overrides)
     check_settings(settings)
     TokenCounter(settings.tiktoken_encoding)  # fail here, with the fix in the message, not in a worker
-    configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=30)
+    model_counters((spec.id, spec.tokenizer) for spec in load_catalog(settings.models_file))  # the same
+    serve(settings, workers=args.workers)
+
+
+def run_petals_node(args: argparse.Namespace) -> None:
+    # Imported here: the gateway itself never needs the Petals stack (torch loads with the model).
+    from .petals_node.options import options_from
+    from .petals_node.server import serve as serve_petals_node
+
+    raise SystemExit(serve_petals_node(options_from(args)))
 
 
 def run_devnode(args: argparse.Namespace) -> None:
@@ -132,7 +159,7 @@ async def _demo(port: int) -> None:
     configure_logging(settings)
     token = _token_service(settings).mint(DEMO_ADDRESS).token
     _print_demo_banner(port, token)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
     try:
         await server.serve()
     finally:

@@ -9,7 +9,8 @@
     │   │   └── ModelNotFound      404    model_not_found
     │   ├── MethodNotAllowed       405
     │   ├── PayloadTooLarge        413
-    │   └── RateLimited            429    rate_limit_exceeded, with Retry-After
+    │   ├── RateLimited            429    rate_limit_exceeded, with Retry-After
+    │   └── ClientClosedRequest    499    the client hung up before its answer (nobody reads the body)
     └── ServerError                       ours or the nodes'; the request is refunded
         ├── ServiceUnavailable     503    with Retry-After
         │   └── NoHealthyNode      503    no node serves the model right now
@@ -106,6 +107,17 @@ class RateLimited(ClientError):
     def __init__(self, message: str, *, retry_after: float, headers: dict[str, str] | None = None) -> None:
         merged = {"Retry-After": str(max(1, math.ceil(retry_after))), **(headers or {})}
         super().__init__(message, headers=merged)
+
+
+class ClientClosedRequest(ClientError):
+    """The client disconnected while its non-streaming answer was being generated. Nobody receives the
+    response; the status (nginx's 499) is for the access log and metrics."""
+
+    status_code = 499
+    default_code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the answer was ready.")
 
 
 class ServerError(GatewayError):

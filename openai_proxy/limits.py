@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from .auth.principal import Principal
@@ -24,9 +24,14 @@ log = logging.getLogger("openai_proxy.limits")
 
 USAGE_TTL = 8 * 86400  # per-day usage counters are kept a week
 
+UsageHook = Callable[[Principal, Usage], Awaitable[None]]  # e.g. the on-chain credit debit (chain/)
+
 
 def openai_duration(seconds: float) -> str:
     """OpenAI's reset format: `6m0s`, `1h2m3s`, `950ms`."""
+    # Round up (a client that waits the advertised time must find the slot free), but not float noise:
+    # `stamp + 3600 - now` taken at the stamp's own instant can come out as 3600.0000000002.
+    seconds = round(seconds, 6)
     if seconds < 1:
         return f"{max(0, math.ceil(seconds * 1000))}ms"
     total = math.ceil(seconds)
@@ -82,6 +87,9 @@ class RateLimiter:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.on_usage: list[UsageHook] = []  # called after every recorded usage; must not raise or block
+        self._day_number = -1
+        self._day = ""
 
     def _key(self, principal: Principal) -> str:
         return f"rl:{principal.subject.lower()}"
@@ -124,8 +132,15 @@ class RateLimiter:
             log.warning("could not refund a request slot for %s: store unreachable", principal.short)
 
     def _usage_key(self, principal: Principal) -> str:
-        day = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%d")
-        return f"usage:{principal.subject.lower()}:{day}"
+        return f"usage:{principal.subject.lower()}:{self._today()}"
+
+    def _today(self) -> str:
+        """The UTC date, formatted once per day rather than per request (Unix days are 86400 s exactly)."""
+        day = int(self.clock() // 86400)
+        if day != self._day_number:
+            self._day_number = day
+            self._day = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
+        return self._day
 
     async def record_usage(self, principal: Principal, usage: Usage) -> None:
         amounts = {"requests": 1, "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens}
@@ -133,6 +148,8 @@ class RateLimiter:
             await self.store.incr_counters(self._usage_key(principal), amounts, USAGE_TTL)
         except StoreUnavailable:
             log.warning("usage of %s not recorded: store unreachable", principal.short)
+        for hook in self.on_usage:
+            await hook(principal, usage)
 
     async def usage_today(self, principal: Principal) -> dict[str, int]:
         try:

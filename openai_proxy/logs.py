@@ -1,9 +1,16 @@
-"""Structured JSON logs, one object per line, with the request id of the request being served."""
+"""Structured JSON logs, one object per line, with the request id of the request being served.
+
+Every request ends with one access line (api/middleware.py): request id, route, model, nodes, status,
+latency, tokens and a shortened wallet address. Secrets never belong in a log line: no code logs headers,
+tokens or signatures, and as a last line of defence the formatter masks anything shaped like a JWT, a bearer
+credential or a 65-byte signature. Prompt text appears only with LOG_PROMPTS=true (a debug setting).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -11,7 +18,17 @@ from .api.middleware import request_id_var
 from .settings import Settings
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and belongs in the JSON.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn adds `color_message` (the message with terminal colour codes) to some records: not for JSON.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
+_SECRETS = re.compile(
+    r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"  # a JWT (its header always starts with {" -> eyJ)
+    r"|(?i:bearer)\s+[\w.~+/=-]+"  # an Authorization value
+    r"|(?i:0x)[0-9a-fA-F]{130}"  # an EIP-191 / EIP-712 signature
+)
+
+
+def redact(text: str) -> str:
+    return _SECRETS.sub("[redacted]", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,11 +39,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
             "request_id": request_id_var.get(),
+            "pid": record.process,  # tells workers apart under `serve --workers N`
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
 
 
 def configure_logging(settings: Settings) -> None:

@@ -240,6 +240,11 @@ class VerifyRequest(WireModel):
     address: str | None = Field(None, pattern=r"^0x[0-9a-fA-F]{40}$")
     message: str | None = Field(None, max_length=4096)
     signature: str = Field(min_length=1, max_length=200)
+    nonce: str | None = Field(
+        None, max_length=128,
+        description="With `address`: which issued nonce was signed. Optional (the latest one is assumed), but "
+        "naming it keeps a pending sign-in valid when someone else requests newer nonces for the address.",
+    )
 
 
 class TokenResponse(BaseModel):
@@ -247,3 +252,106 @@ class TokenResponse(BaseModel):
     expires_at: str
     address: str
     tier: Literal["free", "pro"]
+
+
+# --- the original Plumise API: /api/v1/inference*, /api/v1/models, Socket.IO /ws/inference ---------------------
+
+LEGACY_DEFAULT_TEMPERATURE = 0.7  # the original's defaults (`?? 0.7`, `?? 0.9`), not OpenAI's
+LEGACY_DEFAULT_TOP_P = 0.9
+LEGACY_MAX_TEXT = 32000  # the original's length limit on `prompt` and on each message's `content`
+
+
+class LegacyMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=LEGACY_MAX_TEXT)
+
+
+class LegacyInferenceRequest(BaseModel):
+    """The original `InferenceRequestDto`. Unknown fields are rejected, as the original's ValidationPipe did;
+    `max_tokens` may be omitted (the tier's cap then applies), and explicit zeros are honoured."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: str | None = Field(None, max_length=LEGACY_MAX_TEXT)
+    messages: list[LegacyMessage] | None = Field(None, min_length=1, description="Wins over `prompt` if both.")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stream: bool | None = Field(None, description="Accepted and ignored: /api/v1/inference/stream streams.")
+
+    def to_openai(self) -> ChatCompletionRequest | CompletionRequest:
+        """The same request on the /v1 wire (chat when `messages` is given); needs `prompt` or `messages`."""
+        common = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "temperature": LEGACY_DEFAULT_TEMPERATURE if self.temperature is None else self.temperature,
+            "top_p": LEGACY_DEFAULT_TOP_P if self.top_p is None else self.top_p,
+        }
+        if self.messages is not None:
+            messages = [{"role": m.role, "content": m.content} for m in self.messages]
+            return ChatCompletionRequest.model_validate({**common, "messages": messages})
+        assert self.prompt is not None, "checked by the caller"
+        return CompletionRequest.model_validate({**common, "prompt": self.prompt})
+
+
+class LegacyAnswer(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class LegacyChoice(BaseModel):
+    """`text` when the request had `prompt`, `message` when it had `messages` (both if it had both)."""
+
+    text: str | None = None
+    message: LegacyAnswer | None = None
+    finish_reason: FinishReason
+
+
+class LegacyInferenceResponse(BaseModel):
+    id: str = Field(description="`req_<unix ms>_<16 hex>`, as the original.")
+    model: str
+    choices: list[LegacyChoice]
+    usage: Usage
+
+
+class LegacyModelInfo(BaseModel):
+    id: str
+    name: str
+    description: str
+    max_tokens: int = Field(description="The largest answer the model gives (per-request output cap).")
+    context_length: int
+    tier: Literal["free", "pro"]
+    nodes: int = Field(description="Healthy nodes serving it now, plus agents whose live report lists it.")
+    status: Literal["available", "degraded", "offline"] = Field(
+        description="offline: no node; degraded: some of its nodes are down; available: otherwise."
+    )
+
+
+class LegacyModelList(BaseModel):
+    models: list[LegacyModelInfo]
+
+
+# --- agent reports (/api/v1/report) ----------------------------------------------------------------------
+
+
+class AgentPerformance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: float = Field(ge=0)
+    avgLatency: float = Field(ge=0)
+    errors: float = Field(ge=0)
+
+
+class AgentReport(BaseModel):
+    """The body of `POST /api/v1/report` (the original's AgentReportDto: unknown fields are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agentId: str = Field(min_length=1, max_length=200)
+    address: str = Field(min_length=1, max_length=200)
+    models: list[str] = Field(max_length=100)
+    performance: AgentPerformance
+    timestamp: float = Field(description="Epoch milliseconds.")

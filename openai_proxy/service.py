@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from . import telemetry
 from .auth.principal import Principal
 from .catalog import Catalog, ModelSpec
 from .errors import Forbidden, InvalidRequest, ModelNotFound
@@ -20,8 +21,9 @@ from .nodes.pool import GenerationStats, NodePool
 from .protocol import MAX_PROMPTS, ChatCompletionRequest, ChatMessageIn, CompletionRequest, unsupported_parameter
 from .settings import Settings
 from .stops import StopScanner
+from .surrogates import SurrogateJoiner
 from .templates import ChatMessage, get_template
-from .tokens import TokenCounter
+from .tokens import TokenCounter, model_counters
 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's defaults, so a client that sends nothing gets what it would get there
 DEFAULT_TOP_P = 1.0
@@ -84,6 +86,8 @@ class InferenceService:
         self.catalog = catalog
         self.pool = pool
         self.counter = counter
+        # Exact prompt counts for models whose catalogue entry names a tokenizer; loaded (or failing) at start.
+        self.model_counters = model_counters((spec.id, spec.tokenizer) for spec in catalog)
 
     # --- planning -------------------------------------------------------------------------------------------
 
@@ -128,7 +132,8 @@ class InferenceService:
         *,
         echo: bool = False,
     ) -> Plan:
-        counts = tuple([await self.counter.count_async(p) for p in prompts])
+        counter = self.model_counters.get(spec.id, self.counter)
+        counts = tuple([await counter.count_async(p) for p in prompts])
         max_tokens = self._max_tokens(request.output_limit(), principal, spec, max(counts), prompt_param)
         params = GenerationParams(
             max_new_tokens=max_tokens,
@@ -183,8 +188,15 @@ class InferenceService:
         """Fail with 503 before anything is sent when no node could serve the plan."""
         self.pool.require_candidates(plan.model.id)
 
-    async def complete(self, plan: Plan) -> tuple[list[ChoiceResult], Usage]:
-        results = self.new_results(plan)
+    async def complete(
+        self, plan: Plan, results: list[ChoiceResult] | None = None
+    ) -> tuple[list[ChoiceResult], Usage]:
+        """Every choice, generated concurrently. `results` (from `new_results`) fills in as choices finish, so a
+        caller that cancels this can still account for the tokens produced."""
+        results = self.new_results(plan) if results is None else results
+        if len(results) == 1:  # the usual case: no task of its own
+            await self._collect(plan, results[0])
+            return results, self.usage(plan, results)
         tasks = [asyncio.ensure_future(self._collect(plan, result)) for result in results]
         try:
             await asyncio.gather(*tasks)
@@ -224,23 +236,26 @@ class InferenceService:
             stops=plan.stops,
             messages=plan.messages,
         )
-        scanner = StopScanner(plan.stops)
+        scanner, joiner = StopScanner(plan.stops), SurrogateJoiner()
         stats = GenerationStats()
         try:
             async with aclosing(self.pool.generate(plan.model.id, request, stats)) as chunks:
                 async for chunk in chunks:
                     if chunk.finish_reason is not None:
                         result.finish_reason = chunk.finish_reason
-                    if chunk.text and (text := scanner.feed(chunk.text)):
+                    if chunk.text and (text := scanner.feed(joiner.feed(chunk.text))):
+                        telemetry.note_first_token()
                         yield text
                     if scanner.stopped:
                         result.finish_reason = "stop"
                         break
-            if tail := scanner.finish():
+            if tail := scanner.feed(joiner.finish()) + scanner.finish():
+                telemetry.note_first_token()
                 yield tail
         finally:
             result.completion_tokens = stats.completion_tokens
             result.nodes = stats.nodes
+            telemetry.note_choice(stats)  # tokens, nodes, failovers and continuations, for logs and metrics
 
     def usage(self, plan: Plan, results: Sequence[ChoiceResult]) -> Usage:
         return Usage(sum(plan.prompt_tokens), sum(r.completion_tokens for r in results))

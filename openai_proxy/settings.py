@@ -17,6 +17,8 @@ CommaList = Annotated[list[str], NoDecode]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_PRIVATE_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 
 
 def parse_duration(text: str) -> float:
@@ -44,6 +46,23 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_prompts: bool = Field(False, description="Debug only: include prompt text in logs.")
+    shutdown_grace_seconds: float = Field(
+        30, ge=0, description="On SIGTERM, how long running requests and streams may take to finish."
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request head (request line and headers); larger ones get 431."
+    )
+    header_timeout_seconds: float = Field(
+        10, gt=0, description="Seconds a client has to send a complete request head; slower ones are cut."
+    )
+    keep_alive_seconds: float = Field(
+        15, gt=0, description="Seconds an idle keep-alive connection stays open (longer than the 5 s client pools "
+        "of httpx and the openai SDK keep theirs, so the client closes first; above a load balancer's idle timeout).",
+    )
+    sse_send_timeout: float = Field(
+        30, gt=0, description="Seconds a client may stop reading a response (a stream) before the gateway "
+        "drops the connection and cancels its node request.",
+    )
 
     # --- authentication ---------------------------------------------------------------------------------
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret for API tokens. Required by `serve`.")
@@ -55,6 +74,9 @@ class Settings(BaseSettings):
         [], description="Static service keys for server-to-server use, comma list of `key:tier:label`."
     )
     redis_url: str | None = Field(None, description="Redis URL for state shared across workers and replicas.")
+    redis_prefix: str = Field(
+        "oaip:", min_length=1, description="Prefix of every Redis key: deployments sharing one Redis differ here."
+    )
 
     # --- tiers ------------------------------------------------------------------------------------------
     free_tier_limit: int = Field(10, ge=0, description="Requests per window for a free wallet.")
@@ -86,10 +108,28 @@ class Settings(BaseSettings):
     usage_report_interval: float = Field(10, gt=0, description="Seconds between usage reports to the Oracle.")
     allow_loopback_nodes: bool = Field(False, description="Accept loopback URLs from the Oracle (tests).")
     allow_private_ips: bool = Field(True, description="Accept private-range URLs from the Oracle.")
+    oracle_timeout: float = Field(5, gt=0, description="Seconds one Oracle call (or node URL DNS check) may take.")
+    relay_auth_timeout: float = Field(
+        10, gt=0, description="Seconds a relay agent has to send its signed auth message (/ws/agent-relay)."
+    )
     chain_rpc_url: str = Field("http://localhost:26902", description="Plumise chain JSON-RPC endpoint.")
     chain_ws_url: str = Field("ws://localhost:26912", description="Plumise chain WebSocket endpoint.")
     chain_id: int = Field(41956, description="Plumise chain id (SIWE and EIP-712 messages are bound to it).")
     private_key: SecretStr | None = Field(None, description="Gateway key that signs usage reports.")
+    chain_enabled: bool | None = Field(
+        None,
+        description="Use the InferencePayment contract for pro tiers and credits: true, false, or unset = "
+        "on exactly when CHAIN_RPC_URL is set.",
+    )
+    inference_payment_address: str = Field(
+        "0x5bfb4d6feab6e7ec09edb6044dcafd23bc8c20c5", description="InferencePayment contract address."
+    )
+    gateway_private_key: SecretStr | None = Field(
+        None, description="Key of the contract's gateway account; signs useCredits. Unset: usage is not debited."
+    )
+    tier_cache_seconds: float = Field(300, gt=0, description="Seconds an on-chain tier is fresh before a refresh.")
+    chain_rpc_timeout: float = Field(3, gt=0, description="Seconds one chain JSON-RPC call may take.")
+    credits_flush_interval: float = Field(10, gt=0, description="Seconds between rounds of useCredits debits.")
 
     # --- tokens -------------------------------------------------------------------------------------------
     tiktoken_encoding: str = Field("cl100k_base", description="tiktoken encoding used for usage counts.")
@@ -106,6 +146,27 @@ class Settings(BaseSettings):
     def _check_duration(cls, value: str) -> str:
         parse_duration(value)
         return value
+
+    @field_validator("inference_payment_address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if not _ADDRESS.match(value):
+            raise ValueError(f"not an address (0x and 40 hex digits): {value!r}")
+        return value
+
+    @field_validator("gateway_private_key")
+    @classmethod
+    def _check_private_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _PRIVATE_KEY.match(value.get_secret_value()):
+            raise ValueError("GATEWAY_PRIVATE_KEY must be 64 hex digits, with or without 0x")
+        return value
+
+    @property
+    def chain_on(self) -> bool:
+        """Whether the chain is used: CHAIN_ENABLED, else whether CHAIN_RPC_URL was given explicitly."""
+        if self.chain_enabled is not None:
+            return self.chain_enabled
+        return "chain_rpc_url" in self.model_fields_set
 
     @property
     def jwt_lifetime_seconds(self) -> float:

@@ -9,6 +9,7 @@ nor a prefix of one that later completes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 
 def _first_completed(text: str, stops: Sequence[str]) -> int:
@@ -32,6 +33,7 @@ def _first_completed(text: str, stops: Sequence[str]) -> int:
     return best_start
 
 
+@lru_cache(maxsize=1024)  # the same few stop strings come with every request
 def _failure_table(pattern: str) -> tuple[int, ...]:
     """KMP failure function: entry i is the longest proper border of ``pattern[: i + 1]``."""
     table = [0] * len(pattern)
@@ -79,11 +81,13 @@ class StopScanner:
     size of the call plus the longest stop, never by the length of the stream.
     """
 
-    __slots__ = ("_pending", "_stopped", "_stops", "_tables")
+    __slots__ = ("_firsts", "_longest", "_pending", "_stopped", "_stops", "_tables")
 
     def __init__(self, stops: Sequence[str]) -> None:
         self._stops: tuple[str, ...] = tuple(dict.fromkeys(s for s in stops if s))
         self._tables = tuple(_failure_table(s) for s in self._stops)
+        self._firsts = frozenset(s[0] for s in self._stops)
+        self._longest = max(map(len, self._stops), default=0)
         self._pending = ""
         self._stopped = False
 
@@ -113,6 +117,8 @@ class StopScanner:
 
     def _held_length(self, buffer: str) -> int:
         """Length of the longest suffix of ``buffer`` that is a proper prefix of some stop string."""
+        if self._firsts.isdisjoint(buffer[max(0, len(buffer) - self._longest + 1) :]):
+            return 0  # the usual case, in C: no stop string even starts in the tail that could hold one
         return max(
             (_prefix_at_end(buffer, s, t) for s, t in zip(self._stops, self._tables, strict=True)),
             default=0,

@@ -21,6 +21,8 @@ from openai_proxy.auth.jwt import TokenService
 from openai_proxy.devnode import DevnodeConfig, create_devnode_app
 from openai_proxy.settings import Settings
 
+from .reliability.hostile import hostile  # noqa: F401  (session fixture: one gateway for the hostile-client suites)
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktoken-cache"))
 
@@ -136,10 +138,11 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Poll `check` until it holds; fail after `timeout` seconds (a hang guard, not a timing assertion)."""
-    async with asyncio.timeout(timeout):
-        while not await check():
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll `check` until it holds; fail after `within` seconds (a hang guard, not a timing assertion)."""
+    async with asyncio.timeout(within):
+        # Polling is the point: the condition lives in another process, so there is no event to wait on.
+        while not await check():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 

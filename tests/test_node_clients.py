@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 
 from openai_proxy.nodes.base import GenerationParams, NodeChunk, NodeFailure, NodeRequest
 from openai_proxy.nodes.clients import client_for_url
+from openai_proxy.nodes.clients.http import node_session
 from openai_proxy.templates import ChatMessage
 
 
@@ -66,6 +69,37 @@ async def test_petals_http_sends_form_fields_and_reads_ok_false_as_failure() -> 
             await collect(client.generate(request()))
 
 
+@asynccontextmanager
+async def sse_node(sse: str, seen: list[tuple[str, dict[str, Any]]], status: int = 200) -> AsyncIterator[str]:
+    """A loopback OpenAI-compatible node that records each request and answers `sse` (chunked, as a real
+    node streams it); yields the node's `openai+http://` base URL."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen.append((request.path, await request.json()))
+        if status >= 400:
+            return web.Response(status=status, text=sse)
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for event in sse.split("\n\n"):  # one write per event, like a node producing tokens
+            if event:
+                await response.write(event.encode() + b"\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    app.router.add_post("/v1/completions", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"openai+http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 async def test_openai_node_gets_messages_for_chat_and_prompt_for_continuations() -> None:
     sse = (
         'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n\n'
@@ -74,29 +108,56 @@ async def test_openai_node_gets_messages_for_chat_and_prompt_for_continuations()
         'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
         "data: [DONE]\n\n"
     )
-    seen: list[httpx.Request] = []
-    answer = httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
-    async with recording_client(answer, seen) as http:
-        client = client_for_url("openai+http://node:3/v1", http, timeout=1)
+    seen: list[tuple[str, dict[str, Any]]] = []
+    async with sse_node(sse, seen) as url, httpx.AsyncClient() as http, node_session(1) as session:
+        client = client_for_url(f"{url}/v1", http, timeout=1, session=session)
         chat = await collect(client.generate(request(messages=(ChatMessage("user", "Hi"),))))
         await collect(client.generate(request()))
-    assert seen[0].url == "http://node:3/v1/chat/completions"
-    body = json.loads(seen[0].content)
+        connector = session.connector
+        assert connector is not None
+        # Both answers were read to their end, so the second reused the first one's connection.
+        assert sum(len(c) for c in connector._conns.values()) == 1
+    assert seen[0][0] == "/v1/chat/completions"
+    body = seen[0][1]
     assert body["messages"] == [{"role": "user", "content": "Hi"}]
     assert body["temperature"] == 0.0 and body["max_tokens"] == 7 and body["stream"] is True and body["seed"] == 3
-    assert seen[1].url == "http://node:3/v1/completions" and json.loads(seen[1].content)["prompt"] == "PROMPT"
+    assert seen[1][0] == "/v1/completions" and seen[1][1]["prompt"] == "PROMPT"
     assert "".join(c.text for c in chat) == "Hello"
     assert chat[-1].total_tokens == 2
     assert any(c.finish_reason == "stop" for c in chat)
 
 
-async def test_openai_node_error_event_and_missing_done_are_failures() -> None:
-    for sse in ('data: {"error": {"message": "x"}}\n\n', 'data: {"choices":[{"delta":{"content":"a"}}]}\n\n'):
-        answer = httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
-        async with recording_client(answer, []) as http:
-            client = client_for_url("openai+http://node:3", http, timeout=1)
+async def test_closing_an_openai_stream_early_gives_its_connection_back() -> None:
+    sse = "".join(f'data: {{"choices":[{{"delta":{{"content":"w{i}"}}}}]}}\n\n' for i in range(50)) + "data: [DONE]\n\n"
+    async with sse_node(sse, []) as url, httpx.AsyncClient() as http, node_session(1) as session:
+        client = client_for_url(url, http, timeout=1, session=session)
+        stream = client.generate(request())
+        assert (await anext(stream)).text == "w0"
+        await stream.aclose()  # a client that left, or a stop string: the node's answer is abandoned
+        connector = session.connector
+        assert connector is not None
+        assert not connector._acquired  # released (closed, since its body was not read to the end)
+        assert [c.text for c in await collect(client.generate(request()))][-1] == "w49"
+
+
+async def test_openai_node_error_event_missing_done_and_error_status_are_failures() -> None:
+    cases = [('data: {"error": {"message": "x"}}\n\n', 200), ('data: {"choices":[{"delta":{"content":"a"}}]}\n\n', 200),
+             ('{"error": "overloaded"}', 503)]
+    for sse, status in cases:
+        async with sse_node(sse, [], status) as url, httpx.AsyncClient() as http, node_session(1) as session:
+            client = client_for_url(url, http, timeout=1, session=session)
             with pytest.raises(NodeFailure):
                 await collect(client.generate(request()))
+
+
+async def test_openai_node_that_cannot_be_reached_is_an_unreachable_failure() -> None:
+    async with sse_node("", []) as url:
+        pass  # the port is closed again
+    async with httpx.AsyncClient() as http, node_session(1) as session:
+        client = client_for_url(url, http, timeout=1, session=session)
+        with pytest.raises(NodeFailure) as caught:
+            await collect(client.generate(request()))
+    assert caught.value.unreachable
 
 
 async def test_petals_ws_opens_a_sized_session_streams_one_token_per_step_and_stops_at_max() -> None:

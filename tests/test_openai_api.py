@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -150,6 +152,46 @@ async def test_stop_strings_never_reach_the_client(gateway, http) -> None:  # ty
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+async def test_a_plain_string_stop_works_like_a_list_of_one(gateway, http) -> None:  # type: ignore[no-untyped-def]
+    full = expected_answer(llama_prompt(HELLO), 8)
+    stop = full.split()[2]
+    body = (await chat(http, gateway, {"model": LLAMA, "messages": HELLO, "max_tokens": 8, "stop": stop})).json()
+    assert body["choices"][0]["message"]["content"] == full[: full.index(stop)]
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_chat_n_gives_every_choice_in_order_streamed_or_not(gateway, http) -> None:  # type: ignore[no-untyped-def]
+    answer = expected_answer(llama_prompt(HELLO), 4)
+    body = (await chat(http, gateway, {"model": LLAMA, "messages": HELLO, "max_tokens": 4, "n": 3})).json()
+    assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in body["choices"]] == [
+        (i, answer, "length") for i in range(3)]
+    assert body["usage"]["completion_tokens"] == 12
+    request = {"model": LLAMA, "messages": HELLO, "max_tokens": 4, "n": 2, "stream": True,
+               "stream_options": {"include_usage": True}}
+    payloads = sse_payloads((await chat(http, gateway, request)).text)
+    assert payloads[-1] == "[DONE]"
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index]
+        assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+        assert "".join(c["delta"].get("content", "") for c in mine) == answer
+        assert mine[-1]["finish_reason"] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == 8
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"suffix": "and so on"}, "suffix"),
+    ({"best_of": 3}, "best_of"),
+    ({"logprobs": 2}, "logprobs"),
+    ({"prompt": [[1, 2, 3]]}, "prompt"),
+])
+async def test_completion_parameters_that_cannot_be_honoured_get_400(gateway, http, extra, param) -> None:  # type: ignore[no-untyped-def]
+    body = {"model": QWEN, "prompt": "Once", "max_tokens": 3, **extra}
+    response = await http.post(f"{gateway.v1}/completions", json=body, headers=gateway.headers())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
 async def test_completions_list_of_prompts_times_n_is_prompt_major(gateway, http) -> None:  # type: ignore[no-untyped-def]
     body = {"model": QWEN, "prompt": ["first prompt", "second prompt"], "n": 2, "max_tokens": 3}
     response = await http.post(f"{gateway.v1}/completions", json=body, headers=gateway.headers())
@@ -261,7 +303,9 @@ async def test_failing_nodes_give_502_and_hanging_nodes_504(start_devnode, start
     assert response.json()["error"]["code"] == "node_timeout"
 
 
-async def test_failure_after_the_first_byte_is_an_in_band_error_without_done(start_devnode, start_gateway, http) -> None:  # type: ignore[no-untyped-def]
+async def test_failure_after_the_first_byte_is_an_in_band_error_without_done(  # type: ignore[no-untyped-def]
+    start_devnode, start_gateway, http
+) -> None:
     dying = await start_devnode(fault="die", die_after=2)
     gw = await start_gateway([f"petals+ws://{dying.hostport}"])
     response = await chat(http, gw, {"model": LLAMA, "messages": HELLO, "max_tokens": 6, "stream": True})
@@ -301,11 +345,13 @@ async def test_client_disconnect_cancels_the_node_request(start_devnode, start_g
     node = await start_devnode(token_delay=0.05)
     gw = await start_gateway([f"petals+ws://{node.hostport}"])
     body = {"model": LLAMA, "messages": HELLO, "max_tokens": 500, "stream": True}
-    async with httpx.AsyncClient() as client:
-        async with client.stream("POST", f"{gw.v1}/chat/completions", json=body, headers=gw.headers()) as response:
-            async for line in response.aiter_lines():
-                if '"content":"' in line and '"content":""' not in line:
-                    break  # the first real token arrived: hang up
+    async with (
+        httpx.AsyncClient() as client,
+        client.stream("POST", f"{gw.v1}/chat/completions", json=body, headers=gw.headers()) as response,
+    ):
+        async for line in response.aiter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # the first real token arrived: hang up
 
     async def cancelled() -> bool:
         counters = await node.counters()
@@ -313,4 +359,82 @@ async def test_client_disconnect_cancels_the_node_request(start_devnode, start_g
 
     from .conftest import eventually
 
-    await eventually(cancelled, timeout=5)
+    await eventually(cancelled, within=5)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/api/v1/inference"])
+async def test_client_disconnect_cancels_a_non_streaming_request(  # type: ignore[no-untyped-def]
+    start_devnode, start_gateway, http, path
+) -> None:
+    from .conftest import eventually
+
+    node = await start_devnode(token_delay=0.05)  # 500 tokens: 25 s if nobody cancels
+    gw = await start_gateway([f"http://{node.hostport}"])
+    body: dict[str, object] = {"model": LLAMA, "max_tokens": 500}
+    body.update({"prompt": "Hi"} if path == "/v1/completions" else {"messages": HELLO})
+    request = asyncio.ensure_future(http.post(f"{gw.url}{path}", json=body, headers=gw.headers()))
+
+    async def generating() -> bool:
+        return (await node.counters())["in_flight"] == 1
+
+    await eventually(generating)
+    request.cancel()  # httpx closes the connection: the client hangs up mid-generation
+    with contextlib.suppress(asyncio.CancelledError):
+        await request
+
+    async def cancelled() -> bool:
+        counters = await node.counters()
+        return counters["cancelled"] == 1 and counters["in_flight"] == 0
+
+    await eventually(cancelled, within=5)
+    # The gateway goes on serving, and the wallet's usage shows the tokens the node produced before the hang-up.
+    response = await http.post(f"{gw.v1}/completions", json={"model": LLAMA, "prompt": "Hi", "max_tokens": 2},
+                               headers=gw.headers())
+    assert response.status_code == 200
+    me = (await http.get(f"{gw.url}/api/v1/auth/me", headers=gw.headers())).json()
+    assert me["usage_today"]["requests"] == 2
+
+
+async def test_liveness_keeps_the_original_body_and_readiness_reports_nodes_and_store(gateway, http) -> None:  # type: ignore[no-untyped-def]
+    from datetime import datetime
+
+    for path in ("/", "/health", "/api/v1/health"):
+        body = (await http.get(f"{gateway.url}{path}")).json()
+        assert set(body) == {"status", "timestamp", "service", "version"}
+        assert (body["status"], body["service"], body["version"]) == ("ok", "Plumise Inference API", "1.0.0")
+        assert datetime.fromisoformat(body["timestamp"]).tzinfo is not None
+    ready = await http.get(f"{gateway.url}/ready")
+    assert ready.status_code == 200
+    assert (ready.json()["status"], ready.json()["state_store"]) == ("ready", "ok")
+    assert ready.json()["healthy_nodes"][LLAMA] >= 1
+
+
+async def test_the_original_services_model_id_is_served_and_echoed(gateway, http) -> None:  # type: ignore[no-untyped-def]
+    old = "meta-llama/Llama-3.1-8B"  # the original catalogue's id: its clients still send it
+    response = await chat(http, gateway, {"model": old, "messages": HELLO, "max_tokens": 3})
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == old
+    assert response.json()["choices"][0]["message"]["content"] == expected_answer(llama_prompt(HELLO), 3)
+    card = (await http.get(f"{gateway.v1}/models/{old}", headers=gateway.headers())).json()
+    assert card["id"] == LLAMA
+
+
+HOSTILE_TEXTS = ["", "plain", 'quo"te \\ back', "line\nbreak\ttab", "\u2028\u2029 é 🚀 \x00\x1f", "</script>"]
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+def test_the_spliced_token_chunk_is_the_json_it_should_be(chat: bool, text: str) -> None:
+    from openai_proxy.api.openai import ChunkEncoder
+    from openai_proxy.service import Delta
+
+    encoder = ChunkEncoder("chatcmpl-x", 'model/"odd"', chat=chat)
+    for index in (0, 3):
+        raw = encoder.text(Delta(index, text)).decode()
+        assert raw.startswith("data: ") and raw.endswith("\n\n") and raw.count("\n") == 2
+        chunk = json.loads(raw[len("data: "):])
+        choice = ({"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None} if chat
+                  else {"text": text, "index": index, "logprobs": None, "finish_reason": None})
+        assert chunk == {"id": "chatcmpl-x", "object": "chat.completion.chunk" if chat else "text_completion",
+                         "created": chunk["created"], "model": 'model/"odd"', "system_fingerprint": chunk[
+                             "system_fingerprint"], "choices": [choice], "usage": None}

@@ -8,9 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..protocol import NonceRequest, VerifyRequest
+from ..protocol import NonceRequest, NonceResponse, TokenResponse, VerifyRequest
 from .body import parse_json_body
 from .context import gateway
+from .docs import Operation
 
 AUTH_BODY_LIMIT = 16 * 1024
 
@@ -67,4 +68,25 @@ routes = [
     Route("/api/v1/auth/verify", verify, methods=["POST"]),
     Route("/api/v1/auth/logout", logout, methods=["POST"]),
     Route("/api/v1/auth/me", me, methods=["GET"]),
+]
+_NULLABLE_INT = {"type": ["integer", "null"]}
+operations = [
+    Operation("POST", "/api/v1/auth/nonce", "Get a sign-in nonce and the messages to sign", "Auth",
+              request=NonceRequest, response=NonceResponse, errors=(400, 413, 429, 503), auth=False,
+              description="Sign one of `message` (EIP-191 personal_sign), `siwe_message` (EIP-4361) or "
+              "`typed_data` (EIP-712), then send the signature to `/api/v1/auth/verify`."),
+    Operation("POST", "/api/v1/auth/verify", "Exchange a signed nonce for an API token (JWT)", "Auth",
+              request=VerifyRequest, response=TokenResponse, errors=(400, 401, 413, 429, 503), auth=False),
+    Operation("POST", "/api/v1/auth/logout", "Revoke the token used for this call", "Auth", errors=(503,),
+              response={"type": "object", "required": ["status", "revoked"], "properties": {
+                  "status": {"const": "ok"}, "revoked": {"type": ["string", "null"]}}}),
+    Operation("GET", "/api/v1/auth/me", "This account: tier, limits and today's usage", "Auth", errors=(503,),
+              response={"type": "object", "required": ["address", "tier", "limits", "usage_today"], "properties": {
+                  "address": {"type": "string"}, "tier": {"enum": ["free", "pro"]},
+                  "limits": {"type": "object", "properties": {
+                      "requests_per_window": _NULLABLE_INT, "window_seconds": _NULLABLE_INT,
+                      "remaining": _NULLABLE_INT, "reset_seconds": {"type": ["number", "null"]},
+                      "max_tokens": {"type": "integer"},
+                      "allowed_models": {"type": "array", "items": {"type": "string"}}}},
+                  "usage_today": {"type": "object", "additionalProperties": {"type": "integer"}}}}),
 ]

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
-from starlette.requests import HTTPConnection
+from starlette.requests import HTTPConnection, Request
 
+from .. import telemetry
 from ..auth.guard import Authenticator
 from ..auth.principal import Principal
 from ..auth.signin import SignInService
 from ..catalog import Catalog
-from ..errors import ServerError
+from ..chain import ChainServices
+from ..errors import ClientClosedRequest, ServerError
 from ..limits import Admission, RateLimiter
 from ..nodes.pool import NodePool
-from ..service import InferenceService, Plan
+from ..reports import ReportInbox
+from ..service import ChoiceResult, InferenceService, Plan, Usage
 from ..settings import Settings
 from ..store import StateStore
 from ..tokens import TokenCounter
@@ -35,22 +39,65 @@ class Gateway:
     store: StateStore
     limiter: RateLimiter
     signin: SignInService
+    chain: ChainServices | None = None  # on-chain tiers and credits; None when the chain is off
+    reports: ReportInbox = field(default_factory=ReportInbox)  # agent reports from /api/v1/report
 
     async def authenticate(self, connection: HTTPConnection) -> Principal:
-        return await self.auth.principal(connection.headers.get("authorization"))
+        principal = await self.auth.principal(connection.headers.get("authorization"))
+        telemetry.note_principal(principal.tier, principal.short)
+        return principal
 
     @asynccontextmanager
     async def admit(
         self, connection: HTTPConnection, principal: Principal, plan: Plan
     ) -> AsyncGenerator[Admission, None]:
         """Check a node can serve the plan, then admit it; a failure on our side is refunded."""
+        async with self.admit_principal(principal, plan) as admission:
+            yield admission
+
+    @asynccontextmanager
+    async def admit_principal(self, principal: Principal, plan: Plan) -> AsyncGenerator[Admission, None]:
+        """`admit` for work that has no HTTP request of its own (a Socket.IO message). The slot is keyed by
+        the current `request_id_var`, so the caller binds a fresh id per unit of work first."""
+        telemetry.note_model(plan.model.id)
         self.service.require_nodes(plan)
         admission = await self.limiter.admit(principal, request_id_var.get())
+        telemetry.note_admitted(plan.prompt_tokens, plan.prompts if self.settings.log_prompts else None)
         try:
             yield admission
         except ServerError:
             await admission.refund()
             raise
+
+
+    async def complete(
+        self, request: Request, plan: Plan, admission: Admission
+    ) -> tuple[list[ChoiceResult], Usage]:
+        """A non-streaming answer, with its usage recorded. A client that hangs up first cancels the node
+        requests at once (volunteers' GPUs are not spent on answers nobody will read), and the tokens the
+        nodes produced until then are still recorded; then ClientClosedRequest."""
+        results = self.service.new_results(plan)
+        work = asyncio.ensure_future(self.service.complete(plan, results))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when we are cancelled ourselves: leave neither task behind
+            work.cancel()
+            gone.cancel()
+            await asyncio.gather(work, gone, return_exceptions=True)
+        if work.cancelled():
+            await admission.record(self.service.usage(plan, results))
+            raise ClientClosedRequest
+        _, usage = work.result()  # a node failure raises here, and `admit` refunds it
+        await admission.record(usage)
+        return results, usage
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects. The body has been read, so the next ASGI message is the
+    disconnect; it never arrives while the client waits for its answer."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def gateway(connection: HTTPConnection) -> Gateway:

@@ -12,7 +12,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -21,8 +22,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import GatewayError, ModelNotFound, ServerError
-from ..limits import Admission
+from ..auth.principal import Principal
+from ..errors import GatewayError, ModelNotFound, ServerError, ServiceUnavailable
+from ..limits import Admission, limit_headers
 from ..protocol import (
     AssistantMessage,
     ChatChoice,
@@ -38,11 +40,13 @@ from ..protocol import Usage as WireUsage
 from ..service import Delta, Finished, Plan, Usage
 from .body import parse_json_body
 from .context import Gateway, gateway
+from .docs import Operation
 from .sse import DONE, EventStreamResponse, frame
 
 log = logging.getLogger("openai_proxy.api")
 
 SETTLE_SECONDS = 5.0
+INFERENCE_ERRORS = (400, 403, 404, 413, 429, 502, 503, 504)
 SYSTEM_FINGERPRINT = f"fp_openai_proxy_{__version__.replace('.', '_')}"
 
 
@@ -53,73 +57,87 @@ def json_response(body: str, headers: dict[str, str] | None = None) -> Response:
 async def chat_completions(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.authenticate(request)
-    body = await parse_json_body(request, ChatCompletionRequest, gw.settings.max_body_bytes)
-    plan = await gw.service.plan_chat(body, principal)
-    async with gw.admit(request, principal, plan) as admission:
-        ident = f"chatcmpl-{uuid.uuid4().hex}"
-        if body.stream:
-            encoder = ChunkEncoder(ident, body.model, chat=True)
-            return EventStreamResponse(
-                _events(gw, plan, encoder, admission), keepalive=gw.settings.sse_keepalive_seconds,
-                headers=admission.headers,
-            )
-        results, usage = await gw.service.complete(plan)
-        await admission.record(usage)
-        response = ChatCompletion(
-            id=ident,
-            created=int(time.time()),
-            model=body.model,
-            system_fingerprint=SYSTEM_FINGERPRINT,
-            choices=[
-                ChatChoice(index=r.index, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
-                for r in results
-            ],
-            usage=_wire_usage(usage),
-        )
-        return json_response(response.model_dump_json(), admission.headers)
+    async with _limit_headers_on_errors(gw, principal):
+        body = await parse_json_body(request, ChatCompletionRequest, gw.settings.max_body_bytes)
+        plan = await gw.service.plan_chat(body, principal)
+        return await _answer(gw, request, principal, plan, body, chat=True)
 
 
 async def completions(request: Request) -> Response:
     gw = gateway(request)
     principal = await gw.authenticate(request)
-    body = await parse_json_body(request, CompletionRequest, gw.settings.max_body_bytes)
-    plan = await gw.service.plan_completion(body, principal)
+    async with _limit_headers_on_errors(gw, principal):
+        body = await parse_json_body(request, CompletionRequest, gw.settings.max_body_bytes)
+        plan = await gw.service.plan_completion(body, principal)
+        return await _answer(gw, request, principal, plan, body, chat=False)
+
+
+async def _answer(
+    gw: Gateway, request: Request, principal: Principal, plan: Plan,
+    body: ChatCompletionRequest | CompletionRequest, *, chat: bool,
+) -> Response:
+    """Admit the plan, then stream it as SSE or answer it as one JSON object."""
     async with gw.admit(request, principal, plan) as admission:
-        ident = f"cmpl-{uuid.uuid4().hex}"
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         if body.stream:
-            encoder = ChunkEncoder(ident, body.model, chat=False)
+            encoder = ChunkEncoder(ident, body.model, chat=chat)
             return EventStreamResponse(
                 _events(gw, plan, encoder, admission), keepalive=gw.settings.sse_keepalive_seconds,
                 headers=admission.headers,
             )
-        results, usage = await gw.service.complete(plan)
-        await admission.record(usage)
-        response = Completion(
-            id=ident,
-            created=int(time.time()),
-            model=body.model,
-            system_fingerprint=SYSTEM_FINGERPRINT,
-            choices=[CompletionChoice(text=r.text, index=r.index, finish_reason=r.finish_reason) for r in results],
-            usage=_wire_usage(usage),
-        )
+        results, usage = await gw.complete(request, plan, admission)
+        common = {"id": ident, "created": int(time.time()), "model": body.model,
+                  "system_fingerprint": SYSTEM_FINGERPRINT, "usage": _wire_usage(usage)}
+        response: ChatCompletion | Completion
+        if chat:
+            response = ChatCompletion(**common, choices=[
+                ChatChoice(index=r.index, message=AssistantMessage(content=r.text), finish_reason=r.finish_reason)
+                for r in results
+            ])
+        else:
+            response = Completion(**common, choices=[
+                CompletionChoice(text=r.text, index=r.index, finish_reason=r.finish_reason) for r in results
+            ])
         return json_response(response.model_dump_json(), admission.headers)
 
 
 async def list_models(request: Request) -> Response:
     gw = gateway(request)
-    await gw.authenticate(request)
+    principal = await gw.authenticate(request)
     cards = [_card(gw, spec.id) for spec in gw.catalog]
     cards.sort(key=lambda card: not card.available)  # tools often take data[0]: make it one that works
-    return json_response(ModelList(data=cards).model_dump_json())
+    return json_response(ModelList(data=cards).model_dump_json(), await _current_limit_headers(gw, principal))
 
 
 async def retrieve_model(request: Request) -> Response:
     gw = gateway(request)
-    await gw.authenticate(request)
-    model_id = request.path_params["model_id"]
-    if gw.catalog.get(model_id) is None:
-        raise ModelNotFound(model_id)
-    return json_response(_card(gw, model_id).model_dump_json())
+    principal = await gw.authenticate(request)
+    async with _limit_headers_on_errors(gw, principal):
+        model_id = request.path_params["model_id"]
+        if gw.catalog.get(model_id) is None:
+            raise ModelNotFound(model_id)
+        return json_response(_card(gw, model_id).model_dump_json(), await _current_limit_headers(gw, principal))
+
+
+async def _current_limit_headers(gw: Gateway, principal: Principal) -> dict[str, str]:
+    """The x-ratelimit-* headers as they stand, without taking a slot. Every authenticated answer carries them
+    (as OpenAI's do), so a client can pace itself from any response. With the state store down they are left
+    out rather than failing a request that does not need the store."""
+    try:
+        return limit_headers(await gw.limiter.peek(principal))
+    except ServiceUnavailable:
+        return {}
+
+
+@asynccontextmanager
+async def _limit_headers_on_errors(gw: Gateway, principal: Principal) -> AsyncIterator[None]:
+    """Errors raised after authentication (a bad body, an unknown model, no node) carry the limit headers too."""
+    try:
+        yield
+    except GatewayError as exc:
+        if "x-ratelimit-limit-requests" not in exc.headers:
+            exc.headers.update(await _current_limit_headers(gw, principal))
+        raise
 
 
 def _card(gw: Gateway, model_id: str) -> ModelCard:
@@ -162,9 +180,14 @@ class ChunkEncoder:
         return self._chunk([_choice(index, {"role": "assistant", "content": ""}, None)])
 
     def text(self, event: Delta) -> bytes:
+        # The per-token hot path: only the text needs JSON escaping, so it is spliced into the fixed shape
+        # (the same JSON `_chunk` would write; tests/test_openai_api.py checks it with hostile text).
+        content = json.dumps(event.text)
         if self.chat:
-            return self._chunk([_choice(event.index, {"content": event.text}, None)])
-        return self._chunk([{"text": event.text, "index": event.index, "logprobs": None, "finish_reason": None}])
+            choice = f'{{"index":{event.index},"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}'
+        else:
+            choice = f'{{"text":{content},"index":{event.index},"logprobs":null,"finish_reason":null}}'
+        return frame(f'{self._head},"choices":[{choice}],"usage":null}}')
 
     def finished(self, event: Finished) -> bytes:
         if self.chat:
@@ -212,4 +235,21 @@ routes = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model_id:path}", retrieve_model, methods=["GET"]),
+]
+operations = [
+    Operation("POST", "/v1/chat/completions", "Create a chat completion", "OpenAI", request=ChatCompletionRequest,
+              response=ChatCompletion, streams=True, errors=INFERENCE_ERRORS, example={
+                  "model": "meta-llama/Llama-3.1-8B-Instruct", "max_tokens": 32,
+                  "messages": [{"role": "user", "content": "Hello!"}]},
+              description="As OpenAI's. With `\"stream\": true` the answer is server-sent `chat.completion.chunk` "
+              "events ending with `data: [DONE]`; `stream_options.include_usage` adds a final usage chunk."),
+    Operation("POST", "/v1/completions", "Create a text completion", "OpenAI", request=CompletionRequest,
+              response=Completion, streams=True, errors=INFERENCE_ERRORS, example={
+                  "model": "meta-llama/Llama-3.1-8B-Instruct", "max_tokens": 32, "prompt": "Once upon a time"},
+              description="As OpenAI's legacy completions. With `\"stream\": true`, server-sent `text_completion` "
+              "chunks ending with `data: [DONE]`."),
+    Operation("GET", "/v1/models", "List the models", "OpenAI", response=ModelList,
+              description="Models that have a healthy node right now come first (`available: true`)."),
+    Operation("GET", "/v1/models/{model_id}", "Retrieve a model", "OpenAI", response=ModelCard, errors=(404,),
+              path_params={"model_id": "A model id; ids contain `/` (e.g. `meta-llama/Llama-3.1-8B-Instruct`)."}),
 ]

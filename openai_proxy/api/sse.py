@@ -9,6 +9,7 @@ body (which closes the node request in the generators' `finally`) as soon as the
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
@@ -18,6 +19,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 KEEPALIVE = b": keep-alive\n\n"
+# Frames waiting for the sender at most: past that the generator waits (backpressure from a slow client).
+MAX_PENDING_FRAMES = 256
 DONE = b"data: [DONE]\n\n"
 STREAM_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -42,22 +45,38 @@ class EventStreamResponse(Response):
         self.background = None
         self.init_headers({**STREAM_HEADERS, **(headers or {})})
         self._last_sent = time.monotonic()
-        self._lock = anyio.Lock()
+        # asyncio's Lock: taking a free one does not yield to the event loop, where anyio's default Lock takes
+        # a checkpoint (a whole loop iteration) on every acquire, that is on every token.
+        self._lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        frames: asyncio.Queue[bytes] = asyncio.Queue(MAX_PENDING_FRAMES)
         async with anyio.create_task_group() as group:
             group.start_soon(self._cancel_on_disconnect, receive, group.cancel_scope)
             group.start_soon(self._send_keepalives, send)
-            await self._send_body(send)
+            group.start_soon(self._send_frames, send, frames)
+            await self._send_body(frames)
             group.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _send_body(self, send: Send) -> None:
+    async def _send_body(self, frames: asyncio.Queue[bytes]) -> None:
         async with aclosing(self.events) as events:
             async for data in events:
-                await self._send(send, data)
+                await frames.put(data)  # returns at once unless the queue is full
+        await frames.join()  # everything sent
+
+    async def _send_frames(self, send: Send, frames: asyncio.Queue[bytes]) -> None:
+        """Send what the generator produced, in one write per wake-up: the frames of all the tokens that
+        came in one read from the node go out together (one write per token was ~30% of a stream's CPU)."""
+        while True:
+            batch = [await frames.get()]
+            while not frames.empty():
+                batch.append(frames.get_nowait())
+            await self._send(send, b"".join(batch))
+            for _ in batch:
+                frames.task_done()
 
     async def _send(self, send: Send, data: bytes) -> None:
         async with self._lock:

@@ -85,7 +85,10 @@ class Authenticator:
             return
         remaining = principal.expires_at - time.time()
         if remaining > 0:
-            await self._store.put(revoked_key(principal.token_id), "1", remaining)
+            try:
+                await self._store.put(revoked_key(principal.token_id), "1", remaining)
+            except StoreUnavailable as exc:  # the client must know its token is still live
+                raise store_down(exc) from exc
 
 
 def revoked_key(token_id: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,12 @@ from ..errors import AuthError
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["sub", "address", "iat", "nbf", "exp", "jti", "iss", "aud"]
+# A token minted by one replica is used at once on another whose clock may trail by a little: forgive that
+# much on `nbf`. Expiry gets no leeway, since that would only lengthen a token's life.
+NBF_LEEWAY = 30.0
+# Verified tokens are remembered (bounded, least recently used out) so a client's every request does not
+# pay HS256 plus the claim checks again; the time claims are still checked on every use.
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +42,13 @@ class TokenClaims:
     address: str  # checksummed
     token_id: str
     expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    claims: TokenClaims
+    expires: float  # the `exp` and `nbf` claims as signed (floats allowed), checked on every use
+    not_before: float
 
 
 class TokenService:
@@ -54,6 +68,7 @@ class TokenService:
         self._issuer = issuer
         self._audience = audience
         self._clock = clock
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
 
     def mint(self, address: str) -> IssuedToken:
         checksummed = to_checksum_address(address)
@@ -74,13 +89,33 @@ class TokenService:
         return IssuedToken(token=token, token_id=token_id, address=checksummed, expires_at=expires)
 
     def verify(self, token: str) -> TokenClaims:
+        cached = self._verified.get(token)
+        if cached is not None:
+            try:
+                self._check_times(cached.expires, cached.not_before)
+            except jwt.PyJWTError:
+                del self._verified[token]
+            else:
+                self._verified.move_to_end(token)
+                return cached.claims
         try:
             claims = self._decode(token)
         except jwt.ExpiredSignatureError as exc:
             raise AuthError("The API token has expired; sign in again for a new one.", code="token_expired") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"The API token is invalid ({exc}).") from exc
-        return self._claims(claims)
+        verified = self._claims(claims)
+        self._verified[token] = _Verified(verified, claims["exp"], claims["nbf"])
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return verified
+
+    def _check_times(self, expires: float, not_before: float) -> None:
+        now = self._clock()
+        if now >= expires:
+            raise jwt.ExpiredSignatureError("Signature has expired")
+        if now + NBF_LEEWAY < not_before:
+            raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
 
     def _decode(self, token: str) -> dict[str, Any]:
         # Time claims are checked against our injectable clock rather than PyJWT's wall clock, so tests can
@@ -93,11 +128,9 @@ class TokenService:
             issuer=self._issuer,
             options={"require": REQUIRED_CLAIMS, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
         )
-        now = self._clock()
-        if now >= claims["exp"]:
-            raise jwt.ExpiredSignatureError("Signature has expired")
-        if now < claims["nbf"]:
-            raise jwt.ImmatureSignatureError("The token is not yet valid (nbf)")
+        if not all(_is_number(claims[name]) for name in ("iat", "nbf", "exp")):
+            raise jwt.InvalidTokenError("iat, nbf and exp must be numbers")
+        self._check_times(claims["exp"], claims["nbf"])
         return claims
 
     @staticmethod
@@ -106,3 +139,7 @@ class TokenService:
         if not (isinstance(subject, str) and is_checksum_address(subject) and address == subject.lower()):
             raise AuthError("The API token is invalid (subject is not a checksummed wallet address).")
         return TokenClaims(address=subject, token_id=str(claims["jti"]), expires_at=int(claims["exp"]))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

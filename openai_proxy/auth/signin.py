@@ -125,7 +125,7 @@ class SignInService:
             if request.message is not None:
                 record = await self._check_siwe(request.message, request.signature)
             elif request.address is not None:
-                record = await self._check_address(request.address, request.signature)
+                record = await self._check_address(request.address, request.signature, request.nonce)
             else:
                 raise InvalidRequest("Send either 'address' or a SIWE 'message' with the signature.", param="address")
             if await self.store.take(f"nonce:{record.nonce}") is None:
@@ -146,9 +146,12 @@ class SignInService:
             raise AuthError("Nonce expired: request a new one from POST /api/v1/auth/nonce.", code="invalid_nonce")
         return record
 
-    async def _check_address(self, address: str, signature: str) -> NonceRecord:
+    async def _check_address(self, address: str, signature: str, nonce: str | None) -> NonceRecord:
         address = _checksummed(address)
-        record = await self._record(await self.store.get(f"nonce-for:{address.lower()}"))
+        # Without a named nonce, the latest one issued to the address (the original API's flow).
+        record = await self._record(nonce or await self.store.get(f"nonce-for:{address.lower()}"))
+        if record.address != address:
+            raise AuthError("This nonce was issued to another address.", code="invalid_nonce")
         try:
             signers = {
                 recover_personal_sign(plain_message(record.nonce), signature),
@@ -176,7 +179,7 @@ class SignInService:
             raise AuthError(f"Invalid SIWE message: {exc}", code="invalid_siwe_message") from exc
         except InvalidSignature as exc:
             raise AuthError(f"Signature check failed: {exc.reason}.", code="invalid_signature") from exc
-        if message.address != record.address:
+        if checksum(message.address) != record.address:  # EIP-4361 allows an all-lower-case address line
             raise AuthError("This nonce was issued to another address.", code="invalid_nonce")
         return record
 

@@ -37,18 +37,22 @@ class NodeRequest:
     params: GenerationParams
     stops: tuple[str, ...] = ()  # hints only: the gateway enforces stop strings itself
     # The original chat turns, for nodes that apply their own template (OpenAI-type nodes, relay agents).
-    # None for text completions and for continuations, which must go to the node as raw text.
+    # None for text completions.
     messages: tuple[ChatMessage, ...] | None = None
+    # Text of this same assistant turn already produced by earlier nodes (continuations only). `prompt`
+    # already ends with it; chat-only nodes (relay agents) get it as a final, partial assistant message.
+    assistant_prefix: str = ""
 
     def continued(self, produced: str, produced_tokens: int) -> NodeRequest:
-        """The request that makes another node carry on the same answer after `produced`."""
+        """The request that makes another node carry on the same answer after `produced`, with
+        `max_new_tokens` reduced by the `produced_tokens` already counted. Call it on the original request."""
         remaining = self.params.max_new_tokens - produced_tokens
         return replace(
             self,
             prompt=self.prompt + produced,
             prompt_tokens=self.prompt_tokens + produced_tokens,
             params=replace(self.params, max_new_tokens=max(1, remaining)),
-            messages=None,
+            assistant_prefix=self.assistant_prefix + produced,
         )
 
 
@@ -68,11 +72,16 @@ class NodeHealth:
 
 
 class NodeFailure(Exception):
-    """The node could not serve this request; another node may."""
+    """The node could not serve this request; another node may.
 
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
+    `unreachable` means the node could not even be contacted (connection refused, agent not connected):
+    the pool takes it out of rotation until its next good health check, and a request whose every attempt
+    failed that way gets 503 (nobody could serve it) rather than 502 (a node answered badly)."""
+
+    def __init__(self, message: str, *, timeout: bool = False, unreachable: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.unreachable = unreachable
 
 
 class NodeClient(ABC):

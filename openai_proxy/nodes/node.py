@@ -10,20 +10,43 @@ from statistics import median
 
 from .base import NodeClient
 
-MIN_WEIGHT = 0.01
+MIN_WEIGHT = 0.01  # even a slow, busy node keeps a sliver of traffic, so it can prove it recovered
+UNKNOWN_CAPACITY = 1.0
+
+
+def weight(capacity: float | None, in_flight: int) -> float:
+    """capacity² / (1 + in-flight), at least MIN_WEIGHT (upstream-protocols.md §4.4).
+
+    Capacity is the Oracle's benchmark tokens/s (UNKNOWN_CAPACITY when it has none). Squaring makes a node
+    ten times faster get a hundred times the traffic; dividing by the requests already running on it spreads
+    a burst instead of piling it onto the fastest node."""
+    if capacity is None or capacity <= 0:
+        capacity = UNKNOWN_CAPACITY
+    return max(capacity**2 / (1 + max(in_flight, 0)), MIN_WEIGHT)
 
 
 @dataclass(eq=False)
 class Node:
-    """A routing candidate. Counters live as long as the node does, across requests."""
+    """A routing candidate: one per node address (per URL for a static node the Oracle does not know).
 
-    client: NodeClient
+    A node is reachable over HTTP (`client`: any of the protocol clients), through an agent that dialled in
+    over the relay (`relay`), or both; the relay is preferred while connected (upstream §11 item 8). Counters
+    are plain attributes that live as long as the node, across requests and relay reconnections, so metrics
+    can read them directly.
+    """
+
+    key: str
+    client: NodeClient | None = None
+    relay: NodeClient | None = None
     source: str = "static"  # static | oracle | relay
-    address: str | None = None
-    configured_models: frozenset[str] | None = None  # from configuration or the Oracle; None = any
+    address: str | None = None  # lower-case 0x address
+    address_verified: bool = False  # from the Oracle or a relay signature, not just the node's own /health
+    configured_models: frozenset[str] | None = None  # configuration / Oracle capabilities; None = any
     reported_model: str | None = None  # from the node's own /health
-    capacity: float = 1.0  # benchmark tokens/s from the Oracle; 1.0 when unknown
-    healthy: bool = False
+    relay_model: str | None = None  # announced by the relay agent at auth
+    capacity: float = UNKNOWN_CAPACITY
+    health_ok: bool = False  # the last HTTP health check passed
+    relay_gone_at: float | None = None  # monotonic time the relay agent left; None while connected
     consecutive_failures: int = 0
     cooldown_until: float = 0.0
     in_flight: int = 0
@@ -31,24 +54,54 @@ class Node:
     failures: int = 0
     tokens: int = 0
     busy_seconds: float = 0.0
-    last_health_check: float | None = None
+    last_health_check: float | None = None  # unix time
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=200))
 
     @property
     def url(self) -> str:
-        return self.client.url
+        active = self.relay or self.client
+        return active.url if active is not None else f"relay://{self.address}"
 
     @property
     def kind(self) -> str:
-        return self.client.kind
+        active = self.relay or self.client
+        return active.kind if active is not None else "relay"
 
-    def serves(self, model: str) -> bool:
-        if self.reported_model is not None:
-            return self.reported_model == model
-        return self.configured_models is None or model in self.configured_models
+    @property
+    def healthy(self) -> bool:
+        """Able to take requests, cooldown aside: a connected relay agent or a passed health check."""
+        return self.relay is not None or (self.client is not None and self.health_ok)
 
-    def in_rotation(self, now: float) -> bool:
-        return self.healthy and self.cooldown_until <= now
+    def cooling(self, now: float) -> bool:
+        return self.cooldown_until > now
+
+    def models(self) -> frozenset[str] | None:
+        """The models this node serves (or served, if it is down); None means an HTTP node that never said
+        which, so any."""
+        named = set(self.configured_models or ())
+        if self.reported_model:
+            named.add(self.reported_model)
+        if self.relay_model:
+            named.add(self.relay_model)
+        if not named and self.client is not None and self.configured_models is None:
+            return None
+        return frozenset(named)
+
+    def route(self, model: str, node_model: str | None = None) -> NodeClient | None:
+        """The client that would serve `model` now, or None (cooldown is the pool's business).
+
+        `node_model` is the name the nodes themselves know the model by (the catalogue's `node_model`), when
+        it differs from the catalogue id: a node that reports or is configured with either name serves it."""
+        names = {model} if node_model is None else {model, node_model}
+        if self.relay is not None and self.relay_model in names:
+            return self.relay
+        if self.client is None or not self.health_ok:
+            return None
+        if self.reported_model is None and self.configured_models is None:
+            return self.client
+        if self.reported_model in names or not names.isdisjoint(self.configured_models or ()):
+            return self.client
+        return None
 
     def record_success(self, seconds: float, tokens: int) -> None:
         self.consecutive_failures = 0
@@ -71,12 +124,9 @@ class Node:
         return self.tokens / self.busy_seconds if self.busy_seconds > 0 else None
 
 
-def weight(node: Node) -> float:
-    """capacity² / (1 + in-flight): fast nodes are strongly preferred, busy ones less so (upstream §4.4)."""
-    return max(node.capacity**2 / (1 + node.in_flight), MIN_WEIGHT)
-
-
 def choose(candidates: Sequence[Node], rng: random.Random) -> Node:
+    """Weighted random choice by `weight`; a seeded `rng` makes it reproducible."""
     if len(candidates) == 1:
         return candidates[0]
-    return rng.choices(candidates, weights=[weight(node) for node in candidates])[0]
+    weights = [weight(node.capacity, node.in_flight) for node in candidates]
+    return rng.choices(candidates, weights=weights)[0]

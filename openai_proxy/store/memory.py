@@ -22,13 +22,43 @@ from openai_proxy.store.base import (
     decide,
 )
 
-_Hits = list[tuple[float, str]]  # (timestamp, member), kept sorted
-_Value = str | _Hits | dict[str, int]
-_V = TypeVar("_V", str, _Hits, dict[str, int])
-
 
 def _stamp(hit: tuple[float, str]) -> float:
     return hit[0]
+
+
+class _Hits:
+    """One sliding window: (timestamp, member) hits kept sorted, plus the set of members counted, so that
+    "was this request already counted?" is O(1) (a linear scan made every admission O(window size))."""
+
+    __slots__ = ("hits", "members")
+
+    def __init__(self) -> None:
+        self.hits: list[tuple[float, str]] = []
+        self.members: set[str] = set()
+
+    def drop_until(self, stamp: float) -> None:
+        """Forget the hits at or before `stamp`."""
+        cut = bisect.bisect_right(self.hits, stamp, key=_stamp)
+        if cut:
+            self.members.difference_update(member for _, member in self.hits[:cut])
+            del self.hits[:cut]
+
+    def add(self, stamp: float, member: str) -> None:
+        if not self.hits or self.hits[-1][0] <= stamp:
+            self.hits.append((stamp, member))  # the usual case: the clock moves forward
+        else:
+            bisect.insort(self.hits, (stamp, member), key=_stamp)
+        self.members.add(member)
+
+    def remove(self, member: str) -> None:
+        if member in self.members:
+            self.members.discard(member)
+            self.hits[:] = [h for h in self.hits if h[1] != member]
+
+
+_Value = str | _Hits | dict[str, int]
+_V = TypeVar("_V", str, _Hits, dict[str, int])
 
 
 @dataclass(slots=True)
@@ -110,15 +140,17 @@ class MemoryStore(StateStore):
     # --- sliding windows --------------------------------------------------------------------------
 
     def _hits(self, key: str, now: float, window: float) -> _Hits:
-        """The live hits at `key` with those at or before `now - window` dropped (a fresh list if none)."""
-        hits = self._typed(self._live(key, now), list)
+        """The live hits at `key` with those at or before `now - window` dropped (a fresh window if none)."""
+        hits = self._typed(self._live(key, now), _Hits)
         if hits is None:
-            return []
-        cut = bisect.bisect_right(hits, now - window, key=_stamp)
-        del hits[:cut]
+            return _Hits()
+        hits.drop_until(now - window)
         return hits
 
-    def _decide(self, hits: _Hits, *, allowed: bool, limit: int, window: float, now: float) -> WindowDecision:
+    def _decide(
+        self, window_hits: _Hits, *, allowed: bool, limit: int, window: float, now: float
+    ) -> WindowDecision:
+        hits = window_hits.hits
         count = len(hits)
         freeing = hits[count - limit][0] if 0 < limit <= count else None
         oldest = hits[0][0] if hits else None
@@ -130,29 +162,29 @@ class MemoryStore(StateStore):
         check_window_args(limit, window)
         now = self._now()
         hits = self._hits(key, now, window)
-        admitted = any(m == member for _, m in hits)  # a retried call is counted once
-        if not admitted and len(hits) < limit:
-            bisect.insort(hits, (now, member))
+        admitted = member in hits.members  # a retried call is counted once
+        if not admitted and len(hits.hits) < limit:
+            hits.add(now, member)
             admitted = True
-        if hits:
-            self._data[self._prefix + key] = _Entry(hits, hits[-1][0] + window)
+        if hits.hits:
+            self._data[self._prefix + key] = _Entry(hits, hits.hits[-1][0] + window)
         else:
             self._data.pop(self._prefix + key, None)
         return self._decide(hits, allowed=admitted, limit=limit, window=window, now=now)
 
     async def release_slot(self, key: str, member: str) -> None:
-        hits = self._typed(self._live(key, self._now()), list)
+        hits = self._typed(self._live(key, self._now()), _Hits)
         if hits is None:
             return
-        hits[:] = [h for h in hits if h[1] != member]
-        if not hits:
+        hits.remove(member)
+        if not hits.hits:
             del self._data[self._prefix + key]
 
     async def peek_window(self, key: str, *, limit: int, window: float) -> WindowDecision:
         check_window_args(limit, window)
         now = self._now()
         hits = self._hits(key, now, window)
-        return self._decide(hits, allowed=len(hits) < limit, limit=limit, window=window, now=now)
+        return self._decide(hits, allowed=len(hits.hits) < limit, limit=limit, window=window, now=now)
 
     # --- counters ---------------------------------------------------------------------------------
 

@@ -251,3 +251,37 @@ def test_multibyte_text_split_across_petals_steps_arrives_intact(scripted: str, 
     else:
         got = response.json()["choices"][0]["text"]
     assert got == text
+
+
+class _SplitBody:
+    """What `sse_data` reads of an aiohttp response (`content.iter_any()`), cut at chosen byte offsets: a
+    double of the network, so every split (inside a multibyte character, between `\\r` and `\\n`, inside
+    `data:`) is exercised exactly, which real TCP reads only do by chance."""
+
+    def __init__(self, body: bytes, cuts: list[int]) -> None:
+        edges = [0, *sorted(set(cuts)), len(body)]
+        self.blocks = [body[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+        self.content = self
+
+    async def iter_any(self) -> Any:
+        for block in self.blocks:
+            yield block
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=12), min_size=1, max_size=8),
+       crlf=st.booleans(), data=st.data())
+def test_node_sse_split_at_any_byte_yields_the_same_payloads(texts: list[str], crlf: bool, data: Any) -> None:
+    from openai_proxy.nodes.clients.http import sse_data
+
+    newline = "\r\n" if crlf else "\n"
+    payloads = [json.dumps({"choices": [{"text": text}]}, ensure_ascii=False) for text in texts]
+    body = "".join(f"data: {payload}{newline}{newline}" for payload in payloads).encode() + b"data: [DONE]\n\n"
+    cuts = data.draw(st.lists(st.integers(min_value=1, max_value=len(body) - 1), max_size=40))
+
+    async def parse() -> list[bytes]:
+        return [item async for item in sse_data("node", _SplitBody(body, cuts))]  # type: ignore[arg-type]
+
+    received = asyncio.run(parse())
+    assert received[-1] == b"[DONE]"
+    assert [json.loads(item)["choices"][0]["text"] for item in received[:-1]] == texts

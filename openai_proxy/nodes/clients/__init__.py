@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 
 from ..base import NodeClient
@@ -15,8 +16,12 @@ from .plumise import PlumiseClient
 SCHEMES = ("http", "https", "petals+http", "petals+https", "petals+ws", "petals+wss", "openai+http", "openai+https")
 
 
-def client_for_url(url: str, http: httpx.AsyncClient, *, timeout: float) -> NodeClient:
-    """`http://` is a Plumise node; `petals+http://`, `petals+ws://` and `openai+http://` say their protocol."""
+def client_for_url(
+    url: str, http: httpx.AsyncClient, *, timeout: float, session: aiohttp.ClientSession | None = None
+) -> NodeClient:
+    """`http://` is a Plumise node; `petals+http://`, `petals+ws://` and `openai+http://` say their protocol.
+
+    `session` is the streaming data plane (clients/http.py), needed by `openai+` nodes only."""
     scheme, _, rest = url.strip().rstrip("/").partition("://")
     scheme = scheme.lower()
     if scheme not in SCHEMES or not urlsplit(f"http://{rest}").hostname:
@@ -27,5 +32,7 @@ def client_for_url(url: str, http: httpx.AsyncClient, *, timeout: float) -> Node
     if protocol == "petals":
         return PetalsHttpClient(f"{transport}://{rest}", http, timeout)
     if protocol == "openai":
-        return OpenAIClient(f"{transport}://{rest}", http, timeout)
+        if session is None:
+            raise ValueError(f"node URL {url!r}: openai+ nodes need the streaming session")
+        return OpenAIClient(f"{transport}://{rest}", http, session, timeout)
     return PlumiseClient(f"{transport}://{rest}", http, timeout)

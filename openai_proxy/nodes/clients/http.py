@@ -1,14 +1,21 @@
-"""The boundary to httpx: every transport error becomes a NodeFailure here and nowhere else."""
+"""The boundary to the HTTP clients: every transport error becomes a NodeFailure here and nowhere else.
+
+Two clients: httpx for the control plane (health probes, and the one-shot Plumise and Petals HTTP APIs, whose
+answers take seconds of generation), aiohttp for the streaming data plane (OpenAI-compatible nodes), where
+the client's own per-request cost is most of what the gateway adds: measured in bench/ (issue 6), the same
+30-line relay moved about 7x more requests with aiohttp than with httpx.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 
+from ... import jsonsafe
 from ..base import NodeFailure, NodeHealth
 
 MAX_LOGGED_BODY = 300
@@ -19,10 +26,41 @@ def node_errors(url: str) -> Iterator[None]:
     """Map httpx's exceptions to NodeFailure, the way httpx maps httpcore's."""
     try:
         yield
+    except httpx.ConnectTimeout as exc:
+        raise NodeFailure(f"{url}: connect timed out", timeout=True, unreachable=True) from exc
     except httpx.TimeoutException as exc:
         raise NodeFailure(f"{url}: timed out ({type(exc).__name__})", timeout=True) from exc
+    except httpx.ConnectError as exc:
+        raise NodeFailure(f"{url}: cannot connect: {exc}", unreachable=True) from exc
     except httpx.HTTPError as exc:
         raise NodeFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def stream_errors(url: str) -> Iterator[None]:
+    """Map aiohttp's exceptions to NodeFailure, as `node_errors` does httpx's."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise NodeFailure(f"{url}: connect timed out", timeout=True, unreachable=True) from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise NodeFailure(f"{url}: timed out ({type(exc).__name__})", timeout=True) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise NodeFailure(f"{url}: cannot connect: {exc}", unreachable=True) from exc
+    except aiohttp.ClientError as exc:
+        raise NodeFailure(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+def node_session(connect_timeout: float) -> aiohttp.ClientSession:
+    """The data-plane client, one per process (the app's lifespan owns and closes it). No read timeout: the
+    pool enforces first-token and idle deadlines around every node alike. No connection limit (as many as
+    streams run), no cookies shared between nodes, and redirects are refused per request."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, connect=connect_timeout),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=True,
+    )
 
 
 def check_status(response: httpx.Response, body: bytes | None = None) -> None:
@@ -33,8 +71,8 @@ def check_status(response: httpx.Response, body: bytes | None = None) -> None:
 
 def parse_json(response: httpx.Response) -> dict[str, Any]:
     try:
-        data = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = jsonsafe.loads(response.content)
+    except ValueError as exc:  # bad JSON, bad UTF-8, or nested deep enough to crash the C decoder
         raise NodeFailure(f"{response.request.url}: answer is not JSON") from exc
     if not isinstance(data, dict):
         raise NodeFailure(f"{response.request.url}: answer is not a JSON object")
@@ -59,14 +97,45 @@ async def probe_health(http: httpx.AsyncClient, url: str, limit: float) -> NodeH
     )
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The `data:` payloads of an SSE body; aiter_lines buffers partial lines across network reads."""
-    data_lines: list[str] = []
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            data_lines.append(line[5:].removeprefix(" "))
-        elif not line and data_lines:
-            yield "\n".join(data_lines)
-            data_lines = []
+MAX_SSE_LINE = 1 << 20  # bytes without a line break before a node's stream counts as broken
+MAX_DRAIN = 1 << 16  # bytes read after [DONE] to keep the connection; past that it is closed instead
+
+
+async def sse_data(url: str, response: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+    """The `data:` payloads of an SSE body, parsed from whatever each network read brought (one read often
+    holds many events: they are all parsed without another trip through the event loop). Bytes: they go
+    to the JSON decoder as they are."""
+    pending = b""
+    data_lines: list[bytes] = []
+    async for block in response.content.iter_any():
+        *lines, pending = (pending + block).split(b"\n")
+        if len(pending) > MAX_SSE_LINE:
+            raise NodeFailure(f"{url}: SSE line longer than {MAX_SSE_LINE} bytes")
+        for line in lines:
+            if line.startswith(b"data:"):
+                data_lines.append(_field_value(line))
+            elif (not line or line == b"\r") and data_lines:
+                yield b"\n".join(data_lines)
+                data_lines = []
+    if pending.startswith(b"data:"):
+        data_lines.append(_field_value(pending))
     if data_lines:
-        yield "\n".join(data_lines)
+        yield b"\n".join(data_lines)
+
+
+def _field_value(line: bytes) -> bytes:
+    value = line[5:].removesuffix(b"\r")
+    return value[1:] if value.startswith(b" ") else value
+
+
+async def drain(response: aiohttp.ClientResponse) -> None:
+    """Read the rest of a finished answer (normally just the end of the chunked body), so its connection
+    goes back to the pool for the next request; a node that keeps sending gets its connection closed."""
+    left = MAX_DRAIN
+    while left > 0 and not response.content.at_eof():
+        block = await response.content.readany()
+        if not block:
+            return
+        left -= len(block)
+    if not response.content.at_eof():
+        response.close()

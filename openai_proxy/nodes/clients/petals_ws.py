@@ -17,6 +17,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from ... import jsonsafe
 from ..base import FinishReason, NodeChunk, NodeClient, NodeFailure, NodeHealth, NodeRequest
 from .http import probe_health
 
@@ -56,7 +57,10 @@ class PetalsWsClient(NodeClient):
                 await socket.send(json.dumps(_generate_message(request)))
                 async for chunk in _steps(socket, request.params.max_new_tokens):
                     yield chunk
-        except (OSError, TimeoutError, WebSocketException) as exc:
+        except OSError as exc:  # refused, unreachable, or the opening handshake timed out (TimeoutError)
+            raise NodeFailure(f"{self.socket_url}: cannot connect: {type(exc).__name__}: {exc}",
+                              timeout=isinstance(exc, TimeoutError), unreachable=True) from exc
+        except WebSocketException as exc:
             raise NodeFailure(f"{self.socket_url}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -83,8 +87,8 @@ async def _call(socket: ClientConnection, message: dict[str, Any]) -> dict[str, 
 
 def _reply(socket: ClientConnection, raw: str | bytes) -> dict[str, Any]:
     try:
-        reply = json.loads(raw)
-    except json.JSONDecodeError as exc:
+        reply = jsonsafe.loads(raw)
+    except ValueError as exc:
         raise NodeFailure("petals node sent a non-JSON message") from exc
     if not isinstance(reply, dict) or reply.get("ok") is not True:
         trace = str(reply.get("traceback", "")) if isinstance(reply, dict) else ""
