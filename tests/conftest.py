@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from openai_proxy.devnode import DevnodeConfig, create_devnode_app
 from openai_proxy.settings import Settings
 
 from .reliability.hostile import hostile  # noqa: F401  (session fixture: one gateway for the hostile-client suites)
+from .reliability.processes import ProcessSet
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(REPO.parent / "shared" / "tiktoken-cache"))
@@ -154,3 +155,27 @@ def sse_payloads(body: str) -> list[str]:
         if lines:
             payloads.append("\n".join(lines))
     return payloads
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """The state store under test, once per backend: None (memory), or Redis db 12 flushed (tests/auth_support.py:
+    the sign-in, key and limit suites that use this fixture own that database)."""
+    if request.param == "memory":
+        yield None
+    else:
+        from .auth_support import flushed_redis
+
+        async with flushed_redis() as url:
+            yield url
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[ProcessSet]:
+    """Real child processes (gateways, devnodes, Oracles) for the reliability and security suites, stopped by pid
+    after each test."""
+    processes = ProcessSet(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.close()

@@ -8,7 +8,6 @@ import json
 import secrets
 import time
 import warnings
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,22 +16,13 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 from openai import AsyncOpenAI, AuthenticationError
 
-from .auth_support import PUBLIC_URL, assert_envelope, flushed_redis, new_account, wallet_token
+from .auth_support import PUBLIC_URL, assert_envelope, new_account, wallet_token
 from .conftest import FREE_WALLET, JWT_SECRET
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 PRO_MODEL = "meta-llama/Llama-3.1-70B-Instruct"
 CHECKSUMMED = "0x52908400098527886E0F7030069857D2E4169EE7"
 CLAIMS = ("sub", "address", "iat", "nbf", "exp", "jti", "iss", "aud")
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    if request.param == "memory":
-        yield None
-    else:
-        async with flushed_redis() as url:
-            yield url
 
 
 @pytest.fixture

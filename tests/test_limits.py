@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 from openai import AsyncOpenAI, PermissionDeniedError
 
-from .auth_support import OPENAI_DURATION, assert_envelope, flushed_redis, new_account
+from .auth_support import OPENAI_DURATION, assert_envelope, new_account
 from .conftest import PRO_WALLET, sse_payloads
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -26,15 +25,6 @@ PRO_MODEL = "meta-llama/Llama-3.1-70B-Instruct"
 HELLO = [{"role": "user", "content": "Hello there"}]
 LIMIT = 5
 RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    if request.param == "memory":
-        yield None
-    else:
-        async with flushed_redis() as url:
-            yield url
 
 
 @pytest.fixture

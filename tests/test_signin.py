@@ -8,7 +8,6 @@ wrong domain/chain/time, malformed signatures, nonce burning and reuse, and nonc
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +27,6 @@ from openai_proxy.store import MemoryStore
 from .auth_support import (
     PUBLIC_URL,
     assert_envelope,
-    flushed_redis,
     hand_siwe,
     high_s_twin,
     new_account,
@@ -44,15 +42,6 @@ CHAIN_ID = 41956
 DOMAIN = urlsplit(PUBLIC_URL).netloc  # gateway.example.test:8443
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 PRO_MODEL = "meta-llama/Llama-3.1-70B-Instruct"
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    if request.param == "memory":
-        yield None
-    else:
-        async with flushed_redis() as url:
-            yield url
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from openai_proxy.devnode import generate_tokens
 from openai_proxy.templates import ChatMessage, get_template
 from openai_proxy.tokens import TokenCounter
 
+from ..conftest import sse_payloads
 from .processes import Proc, ProcessSet, bearer, wallet
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -97,15 +98,6 @@ class Expectations:
         devnode_own = content + "\n"  # the OpenAI-type devnode joins message texts with newlines
         answers = {"".join(generate_tokens(p, self.tokens)) for p in (rendered, devnode_own)}
         return answers, self.counter.count(rendered)
-
-
-def sse_payloads(body: str) -> list[str]:
-    payloads = []
-    for event in body.replace("\r\n", "\n").split("\n\n"):
-        lines = [line[5:].lstrip(" ") for line in event.split("\n") if line.startswith("data:")]
-        if lines:
-            payloads.append("\n".join(lines))
-    return payloads
 
 
 def check_usage(usage: Any, prompt_tokens: int, tokens: int) -> str | None:
