@@ -121,7 +121,9 @@ async def test_redis_killed_and_restarted_under_load(relay, start_devnode, start
     async def client(wallet: str, tier: str, stream: bool) -> None:
         body = {"model": LLAMA, "messages": HELLO, "max_tokens": 4, "stream": stream}
         while not stop.is_set():
-            response = await http.post(f"{gw.v1}/chat/completions", json=body, headers=gw.headers(wallet))
+            # A hang guard per request: a request stuck on the store must fail this test, not hang it.
+            response = await http.post(f"{gw.v1}/chat/completions", json=body, headers=gw.headers(wallet),
+                                       timeout=20)
             if response.status_code == 503:
                 assert int(response.headers["retry-after"]) >= 1
                 assert response.json()["error"]["code"] == "state_store_unavailable"
@@ -132,18 +134,23 @@ async def test_redis_killed_and_restarted_under_load(relay, start_devnode, start
     clients = [asyncio.create_task(client(wallet, "free", i % 2 == 0)) for i, wallet in enumerate(free_wallets)]
     clients += [asyncio.create_task(client(PRO_WALLET, "pro", stream)) for stream in (False, True)]
     try:
-        await eventually(lambda: _served(outcomes, "free", 20))
-        await relay.stop()
+        await eventually(lambda: _served(outcomes, "free", 20), within=30)
+        await asyncio.wait_for(relay.stop(), 30)
         down_at = len(outcomes)
-        await eventually(lambda: _refused(outcomes[down_at:], 10))
-        await relay.start()
+        await eventually(lambda: _refused(outcomes[down_at:], 10), within=30)
+        await asyncio.wait_for(relay.start(), 30)
         back_at = len(outcomes)
         started = time.monotonic()
         await eventually(lambda: _served(outcomes[back_at:], "free", 10), within=30)
         recovery = time.monotonic() - started
     finally:
         stop.set()
-        await asyncio.gather(*clients)
+        done, running = await asyncio.wait(clients, timeout=30)
+        for task in running:
+            task.cancel()
+        assert not running, "clients still busy 30 s after the end: a request hung"
+        for task in done:
+            task.result()  # a client's failed assertion fails the test
     during = outcomes[down_at:back_at]
     assert {status for tier, status, _ in outcomes if tier == "pro"} == {200}  # pro never refused
     assert {status for tier, status, _ in outcomes if tier == "free"} <= {200, 503}
