@@ -6,35 +6,27 @@ directly and writes SIWE messages line by line, so a bug in the gateway cannot h
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
+from .redis_db import flushed_db, redis_url
+
 REDIS_DB = 12  # this file's users own db 12 only
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+REDIS_URL = redis_url(REDIS_DB)
 PUBLIC_URL = "https://gateway.example.test:8443"
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 OPENAI_DURATION = r"^(?:\d+h)?(?:\d+m)?\d+s$|^\d+ms$"  # 6m0s, 59m58s, 1h0m0s, 1s, 950ms
 
 
-@contextlib.asynccontextmanager
-async def flushed_redis() -> AsyncIterator[str]:
+def flushed_redis() -> AbstractAsyncContextManager[str]:
     """Redis db 12, empty before and after the test; yields its URL."""
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.flushdb()
-        yield REDIS_URL
-        await client.flushdb()
-    finally:
-        await client.aclose()
+    return flushed_db(REDIS_DB)
 
 
 def new_account() -> LocalAccount:
@@ -136,63 +128,3 @@ def assert_envelope(response: httpx.Response, status: int, code: str | None = No
     if code is not None:
         assert error["code"] == code, error
     return error
-
-
-class TcpRelay:
-    """A byte-for-byte TCP forwarder in front of a real server, that a test can take down and bring back.
-
-    Stopping closes the listener AND every relayed connection, which is what a client sees when the
-    server behind it goes away: resets on open connections, refusals on new ones.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    @property
-    def url_host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        """Listen (on the same port as before, after a stop)."""
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        self._pipes.clear()
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers.update((writer, up_writer))
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(_pipe(source, sink))
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    try:
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-    except (OSError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        sink.transport.abort()

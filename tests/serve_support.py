@@ -14,20 +14,20 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 
 from openai_proxy.settings import Settings
 
 from .conftest import FREE_WALLET, JWT_SECRET, PRO_WALLET, eventually, make_settings, mint
+from .redis_db import flushed_db, redis_url
 
 REDIS_DB = 9  # the operator-feature tests (metrics across workers, shutdown with workers) own db 9
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+REDIS_URL = redis_url(REDIS_DB)
 
 
 def free_port() -> int:
@@ -125,13 +125,6 @@ async def _healthy(served: ServedGateway) -> bool:
         return False
 
 
-@asynccontextmanager
-async def flushed_redis() -> AsyncIterator[str]:
+def flushed_redis() -> AbstractAsyncContextManager[str]:
     """Redis db 9, empty before and after; yields its URL."""
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
-        await client.flushdb()
-        yield REDIS_URL
-        await client.flushdb()
-    finally:
-        await client.aclose()
+    return flushed_db(REDIS_DB)

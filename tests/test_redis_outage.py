@@ -13,17 +13,18 @@ from typing import Any
 import httpx
 import pytest
 
-from .auth_support import REDIS_DB, TcpRelay, assert_envelope, flushed_redis, new_account, request_nonce, sign_text
+from .auth_support import REDIS_DB, assert_envelope, flushed_redis, new_account, request_nonce, sign_text
 from .conftest import PRO_WALLET, eventually
+from .tcp_proxy import TcpProxy
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 @pytest.fixture
-async def relay() -> AsyncIterator[TcpRelay]:
+async def relay() -> AsyncIterator[TcpProxy]:
     async with flushed_redis():
-        relay = TcpRelay("127.0.0.1", 6379)
+        relay = TcpProxy("127.0.0.1", 6379)
         await relay.start()
         try:
             yield relay
