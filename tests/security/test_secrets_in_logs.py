@@ -69,8 +69,15 @@ async def test_no_secret_reaches_logs_errors_or_metrics(procs: ProcessSet, oracl
         secrets |= {"issued token": issued, "token signature": issued.rsplit(".", 1)[1]}
         bearer = {"Authorization": f"Bearer {issued}"}
         chat = {"model": LLAMA, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
-        for stream in (False, True, False, True, False, True):  # some land on the node that drops answers
-            await call("POST", "/v1/chat/completions", json={**chat, "stream": stream}, headers=bearer)
+        # Free tier, 4 requests: alternate whole and streamed answers (some land on the node that drops answers
+        # and fail over) until the limit answers 429. A request that failed on our side gives its slot back, so
+        # the count is not fixed in advance; the bound only keeps a broken limiter from looping forever.
+        statuses: list[int] = []
+        while 429 not in statuses and len(statuses) < 16:
+            answer = await call("POST", "/v1/chat/completions", json={**chat, "stream": len(statuses) % 2 == 1},
+                                headers=bearer)
+            statuses.append(answer.status_code)
+        assert statuses.count(200) >= 4 and statuses[-1] == 429, f"statuses {statuses}, errors: {bodies}"
         await call("POST", "/v1/completions", json={"model": LLAMA, "prompt": "hi", "max_tokens": 3},
                    headers={"Authorization": f"Bearer {SERVICE_KEY}"})
         other = mint(wallet())
@@ -78,7 +85,8 @@ async def test_no_secret_reaches_logs_errors_or_metrics(procs: ProcessSet, oracl
         secrets |= {"other token": other, "other signature": other.rsplit(".", 1)[1]}
         for headers in ({"Authorization": f"Bearer {tampered}"}, {"Authorization": f"Basic {SERVICE_KEY}"},
                         {"Authorization": f"Bearer {SERVICE_KEY}x"}, {"Authorization": issued}):
-            await call("POST", "/v1/chat/completions", json=chat, headers=headers)
+            refused = await call("POST", "/v1/chat/completions", json=chat, headers=headers)
+            assert refused.status_code == 401, refused.text
         await call("POST", "/v1/chat/completions", json={**chat, "model": "no/such-model"}, headers=bearer)
         await call("POST", "/v1/chat/completions", content=b"{not json", headers=bearer)
         await call("POST", "/api/v1/report", json={}, headers={"x-api-key": ORACLE_KEY[:-1] + "x"})
@@ -97,7 +105,7 @@ async def test_no_secret_reaches_logs_errors_or_metrics(procs: ProcessSet, oracl
     assert gateway.popen is not None
     await asyncio.to_thread(gateway.popen.wait, 30)
     log = gateway.log()
-    assert '"logger": "openai_proxy.access"' in log and "401" in log and "429" in log  # the scenario ran
+    assert '"logger": "openai_proxy.access"' in log, log[-4000:]  # the scenario ran and was logged
     assert any(r.get("signature") not in (None, "internal") for r in oracle.reports)  # PRIVATE_KEY was used
     places = {"the gateway's log": log, "/metrics": metrics, "error messages": "\n".join(bodies)}
     for where, text in places.items():
