@@ -70,9 +70,11 @@ async def test_petals_http_sends_form_fields_and_reads_ok_false_as_failure() -> 
 
 
 @asynccontextmanager
-async def sse_node(sse: str, seen: list[tuple[str, dict[str, Any]]], status: int = 200) -> AsyncIterator[str]:
+async def sse_node(
+    sse: str, seen: list[tuple[str, dict[str, Any]]], status: int = 200, *, one_write: bool = False
+) -> AsyncIterator[str]:
     """A loopback OpenAI-compatible node that records each request and answers `sse` (chunked, as a real
-    node streams it); yields the node's `openai+http://` base URL."""
+    node streams it, or in one write); yields the node's `openai+http://` base URL."""
 
     async def answer(request: web.Request) -> web.StreamResponse:
         seen.append((request.path, await request.json()))
@@ -80,7 +82,7 @@ async def sse_node(sse: str, seen: list[tuple[str, dict[str, Any]]], status: int
             return web.Response(status=status, text=sse)
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
-        for event in sse.split("\n\n"):  # one write per event, like a node producing tokens
+        for event in [sse] if one_write else sse.split("\n\n"):  # one write per event, like a node producing tokens
             if event:
                 await response.write(event.encode() + b"\n\n")
         await response.write_eof()
@@ -132,12 +134,29 @@ async def test_closing_an_openai_stream_early_gives_its_connection_back() -> Non
     async with sse_node(sse, []) as url, httpx.AsyncClient() as http, node_session(1) as session:
         client = client_for_url(url, http, timeout=1, session=session)
         stream = client.generate(request())
-        assert (await anext(stream)).text == "w0"
+        assert (await anext(stream)).text.startswith("w0")  # the events of one network read come as one chunk
         await stream.aclose()  # a client that left, or a stop string: the node's answer is abandoned
         connector = session.connector
         assert connector is not None
         assert not connector._acquired  # released (closed, since its body was not read to the end)
-        assert [c.text for c in await collect(client.generate(request()))][-1] == "w49"
+        assert "".join(c.text for c in await collect(client.generate(request()))) == "".join(f"w{i}" for i in range(50))
+
+
+async def test_the_events_of_one_read_come_as_one_chunk_with_exact_counts() -> None:
+    # A zero-delay node's whole answer arrives in one read: one chunk, one token per text event. An error
+    # event after text hands that text on first, so a continuation elsewhere starts where this node stopped.
+    words = "".join(f'data: {{"choices":[{{"delta":{{"content":"w{i} "}}}}]}}\n\n' for i in range(5))
+    async with sse_node(words + "data: [DONE]\n\n", [], one_write=True) as url, httpx.AsyncClient() as http, \
+            node_session(1) as session:
+        chunks = await collect(client_for_url(url, http, timeout=1, session=session).generate(request()))
+    assert chunks == [NodeChunk(text="w0 w1 w2 w3 w4 ", tokens=5)]
+    broken = words + 'data: {"error": {"message": "out of memory"}}\n\n'
+    async with sse_node(broken, [], one_write=True) as url, httpx.AsyncClient() as http, \
+            node_session(1) as session:
+        stream = client_for_url(url, http, timeout=1, session=session).generate(request())
+        assert await anext(stream) == NodeChunk(text="w0 w1 w2 w3 w4 ", tokens=5)
+        with pytest.raises(NodeFailure, match="out of memory"):
+            await anext(stream)
 
 
 async def test_openai_node_error_event_missing_done_and_error_status_are_failures() -> None:

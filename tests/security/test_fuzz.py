@@ -254,7 +254,7 @@ def test_multibyte_text_split_across_petals_steps_arrives_intact(scripted: str, 
 
 
 class _SplitBody:
-    """What `sse_data` reads of an aiohttp response (`content.iter_any()`), cut at chosen byte offsets: a
+    """What `sse_batches` reads of an aiohttp response (`content.iter_any()`), cut at chosen byte offsets: a
     double of the network, so every split (inside a multibyte character, between `\\r` and `\\n`, inside
     `data:`) is exercised exactly, which real TCP reads only do by chance."""
 
@@ -272,7 +272,7 @@ class _SplitBody:
 @given(texts=st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=12), min_size=1, max_size=8),
        crlf=st.booleans(), data=st.data())
 def test_node_sse_split_at_any_byte_yields_the_same_payloads(texts: list[str], crlf: bool, data: Any) -> None:
-    from openai_proxy.nodes.clients.http import sse_data
+    from openai_proxy.nodes.clients.http import sse_batches
 
     newline = "\r\n" if crlf else "\n"
     payloads = [json.dumps({"choices": [{"text": text}]}, ensure_ascii=False) for text in texts]
@@ -280,7 +280,7 @@ def test_node_sse_split_at_any_byte_yields_the_same_payloads(texts: list[str], c
     cuts = data.draw(st.lists(st.integers(min_value=1, max_value=len(body) - 1), max_size=40))
 
     async def parse() -> list[bytes]:
-        return [item async for item in sse_data("node", _SplitBody(body, cuts))]  # type: ignore[arg-type]
+        return [item async for batch in sse_batches("node", _SplitBody(body, cuts)) for item in batch]  # type: ignore[arg-type]
 
     received = asyncio.run(parse())
     assert received[-1] == b"[DONE]"

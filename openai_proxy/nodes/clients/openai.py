@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
 
 from ... import jsonsafe
-from ..base import NodeChunk, NodeClient, NodeFailure, NodeHealth, NodeRequest
-from .http import MAX_LOGGED_BODY, drain, probe_health, sse_data, stream_errors
+from ..base import FinishReason, NodeChunk, NodeClient, NodeFailure, NodeHealth, NodeRequest
+from .http import MAX_LOGGED_BODY, drain, probe_health, sse_batches, stream_errors
 
 JSON_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
@@ -63,19 +64,58 @@ class OpenAIClient(NodeClient):
                 if response.status >= 400:
                     text = await response.content.read(MAX_LOGGED_BODY)
                     raise NodeFailure(f"{url}: HTTP {response.status}: {text!r}")
-                async with aclosing(sse_data(self.url, response)) as payloads:
-                    async for payload in payloads:
-                        if payload.startswith(b"[DONE]"):
+                async with aclosing(sse_batches(self.url, response)) as batches:
+                    async for payloads in batches:
+                        read = _merge(self.url, payloads)
+                        if read.chunk is not None:
+                            yield read.chunk
+                        if read.failure is not None:
+                            raise read.failure
+                        if read.done:
                             break
-                        chunk = _parse_event(self.url, payload)
-                        if chunk is not None:
-                            yield chunk
                     else:
                         raise NodeFailure(f"{self.url}: stream ended without [DONE]")
                 await drain(response)
 
 
-def _parse_event(url: str, payload: bytes) -> NodeChunk | None:
+@dataclass(frozen=True, slots=True)
+class _Read:
+    chunk: NodeChunk | None  # the text and counts of the read's events, joined
+    done: bool  # `[DONE]` was among them
+    failure: NodeFailure | None  # a broken event, raised after the text before it is handed on
+
+
+def _merge(url: str, payloads: list[bytes]) -> _Read:
+    """The events of one network read as one chunk: their text joined, their tokens summed. A broken event
+    fails the node only after the text before it is handed on, so a continuation on another node starts
+    exactly where this one stopped."""
+    texts: list[str] = []
+    total: int | None = None
+    finish: FinishReason | None = None
+    done = False
+    failure: NodeFailure | None = None
+    for payload in payloads:
+        if payload.startswith(b"[DONE]"):
+            done = True
+            break
+        try:
+            text, event_total, event_finish = _parse_event(url, payload)
+        except NodeFailure as exc:
+            failure = exc
+            break
+        if text:
+            texts.append(text)
+        total = event_total if event_total is not None else total
+        finish = event_finish or finish
+    chunk = None
+    if texts or total is not None or finish is not None:
+        # One token per text event (llama-server), so the counts stay exact whatever the batching.
+        chunk = NodeChunk(text="".join(texts), tokens=len(texts) or None, total_tokens=total, finish_reason=finish)
+    return _Read(chunk, done, failure)
+
+
+def _parse_event(url: str, payload: bytes) -> tuple[str, int | None, FinishReason | None]:
+    """(text, the node's completion-token total, finish_reason) of one SSE event."""
     try:
         event = jsonsafe.loads(payload)
     except ValueError as exc:
@@ -91,12 +131,8 @@ def _parse_event(url: str, payload: bytes) -> NodeChunk | None:
     delta = choice.get("delta")
     text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
     finish = choice.get("finish_reason")
-    chunk = NodeChunk(
-        text=text if isinstance(text, str) else "",
-        tokens=1 if isinstance(text, str) and text else None,  # one token per chunk (llama-server): exact cuts
-        total_tokens=total if isinstance(total, int) else None,
-        finish_reason=finish if finish in ("stop", "length") else None,
+    return (
+        text if isinstance(text, str) else "",
+        total if isinstance(total, int) else None,
+        "stop" if finish == "stop" else "length" if finish == "length" else None,
     )
-    if not chunk.text and chunk.total_tokens is None and chunk.finish_reason is None:
-        return None
-    return chunk
