@@ -2,8 +2,9 @@
 
 Every run is bounded: workers stop sending at a deadline, and whatever is still in flight after a grace
 period is cancelled. Latencies are measured from the first byte written to the last byte read; time to first
-token (TTFT) runs to the first SSE event that carries text. A "token" is one SSE event carrying non-empty
-text (`delta.content` or `text`): every server here relays the node's one-word events one to one.
+token (TTFT) runs to the first SSE event that carries text. A "token" is one word of streamed text
+(`delta.content` or `text`; the devnode's tokens are words), so a server that relays the node's events one
+by one and one that hands on in one event the tokens that arrived together (the gateway) count alike.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass, field
 
 from .http1 import Connection, ProtocolError, Request
 
-# Matches an event carrying text, with or without a space after the colon (servers serialise differently).
-_TEXT = re.compile(rb'"(?:content|text)":\s?"[^"]')
+# The text of an event, with or without a space after the colon (servers serialise differently).
+_TEXT = re.compile(rb'"(?:content|text)":\s?"((?:[^"\\]|\\.)+)"')
 _DONE = b"data: [DONE]"
 MAX_ERRORS_PER_WORKER = 200  # a server that refuses everything must not turn a worker into a busy loop
 
@@ -118,8 +119,8 @@ async def one_stream(conn: Connection, request: Request, stats: StreamStats) -> 
             events = (pending + piece.replace(b"\r\n", b"\n")).split(b"\n\n")
             pending = events.pop()
             for event in events:
-                if _TEXT.search(event):
-                    stats.tokens += 1
+                if text := _TEXT.search(event):
+                    stats.tokens += len(text[1].split())
                     if first:
                         first = False
                         stats.ttfts.append(time.perf_counter() - sent)
