@@ -156,8 +156,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await sockets.close()
                 await gw.store.close()
 
-    middleware = [
-        Middleware(sockets.wrap),  # outermost: /socket.io/ goes to Socket.IO, the rest to the routes
+    return Starlette(
+        routes=[*health.routes, *openai.routes, *auth.routes, *payment_api.routes, *legacy.routes,
+                *metrics.routes(), *docs.ApiDocs(docs.collect(API_MODULES)).routes(), *nodes_api.routes,
+                *report_api.routes, *relay_api.routes],
+        middleware=_middleware(settings, sockets, metrics),
+        exception_handlers={GatewayError: render_error, HTTPException: render_http_error, Exception: render_crash},
+        lifespan=lifespan,
+    )
+
+
+def _middleware(settings: Settings, sockets: InferenceSockets, metrics: Metrics) -> list[Middleware]:
+    """Outermost first: /socket.io/ goes to Socket.IO, the rest gets a request id, an access line and CORS."""
+    return [
+        Middleware(sockets.wrap),
         Middleware(RequestContextMiddleware, metrics=metrics),
         Middleware(
             CORSMiddleware,
@@ -168,14 +180,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             expose_headers=EXPOSED_HEADERS,
         ),
     ]
-    return Starlette(
-        routes=[*health.routes, *openai.routes, *auth.routes, *payment_api.routes, *legacy.routes,
-                *metrics.routes(), *docs.ApiDocs(docs.collect(API_MODULES)).routes(), *nodes_api.routes,
-                *report_api.routes, *relay_api.routes],
-        middleware=middleware,
-        exception_handlers={GatewayError: render_error, HTTPException: render_http_error, Exception: render_crash},
-        lifespan=lifespan,
-    )
 
 
 def error_response(exc: GatewayError) -> Response:
