@@ -159,6 +159,27 @@ async def test_the_events_of_one_read_come_as_one_chunk_with_exact_counts() -> N
             await anext(stream)
 
 
+@pytest.mark.parametrize(("bad_event", "problem"), [
+    ('{"choices":[{"delta":{"content":"x"}}]},{"choices":[{"delta":{"content":"y"}}]}', "unparsable"),
+    ('{"choices":[{"delta":{"content":"x"}}', "unparsable"),
+    ('[1, 2]', "not an object"),
+    ('{"choices":{"0":{"delta":{"content":"x"}}}}', None),  # not a list: no text, not a crash
+])
+async def test_a_read_decoded_in_one_pass_still_judges_each_event_alone(bad_event: str, problem: str | None) -> None:
+    # The events of one read are decoded as one JSON array; an event holding two values, or half of one, must
+    # still fail the node after the text before it, exactly as if each event were decoded alone.
+    good = 'data: {"choices":[{"delta":{"content":"a "}}]}\n\n'
+    body = good + f"data: {bad_event}\n\n" + good + "data: [DONE]\n\n"
+    async with sse_node(body, [], one_write=True) as url, httpx.AsyncClient() as http, node_session(1) as session:
+        stream = client_for_url(url, http, timeout=1, session=session).generate(request())
+        if problem is None:
+            assert await collect(stream) == [NodeChunk(text="a a ", tokens=2)]
+            return
+        assert await anext(stream) == NodeChunk(text="a ", tokens=1)
+        with pytest.raises(NodeFailure, match=problem):
+            await anext(stream)
+
+
 async def test_openai_node_error_event_missing_done_and_error_status_are_failures() -> None:
     cases = [('data: {"error": {"message": "x"}}\n\n', 200), ('data: {"choices":[{"delta":{"content":"a"}}]}\n\n', 200),
              ('{"error": "overloaded"}', 503)]

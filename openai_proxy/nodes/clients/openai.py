@@ -89,17 +89,18 @@ def _merge(url: str, payloads: list[bytes]) -> _Read:
     """The events of one network read as one chunk: their text joined, their tokens summed. A broken event
     fails the node only after the text before it is handed on, so a continuation on another node starts
     exactly where this one stopped."""
+    done = False
+    for position, payload in enumerate(payloads):
+        if payload.startswith(b"[DONE]"):
+            payloads, done = payloads[:position], True
+            break
     texts: list[str] = []
     total: int | None = None
     finish: FinishReason | None = None
-    done = False
     failure: NodeFailure | None = None
-    for payload in payloads:
-        if payload.startswith(b"[DONE]"):
-            done = True
-            break
+    for event in _decode_all(payloads):
         try:
-            text, event_total, event_finish = _parse_event(url, payload)
+            text, event_total, event_finish = _event_fields(url, event)
         except NodeFailure as exc:
             failure = exc
             break
@@ -114,20 +115,44 @@ def _merge(url: str, payloads: list[bytes]) -> _Read:
     return _Read(chunk, done, failure)
 
 
-def _parse_event(url: str, payload: bytes) -> tuple[str, int | None, FinishReason | None]:
-    """(text, the node's completion-token total, finish_reason) of one SSE event."""
+def _decode_all(payloads: list[bytes]) -> list[object]:
+    """The events of a read decoded in one call: the payloads joined into one JSON array (one pass of the C
+    decoder instead of a trip through the json module per token: about 5x less time, bench/). When that
+    fails, or the array does not hold exactly one value per payload (a payload like `{..},{..}` is not one
+    event), each payload is decoded alone, and the first broken one becomes `_BROKEN` at its place."""
+    if not payloads:
+        return []
     try:
-        event = jsonsafe.loads(payload)
-    except ValueError as exc:
-        raise NodeFailure(f"{url}: unparsable SSE event") from exc
+        events = jsonsafe.loads(b"[" + b",".join(payloads) + b"]")
+        if isinstance(events, list) and len(events) == len(payloads):
+            return events
+    except ValueError:
+        pass
+    decoded: list[object] = []
+    for payload in payloads:
+        try:
+            decoded.append(jsonsafe.loads(payload))
+        except ValueError:
+            decoded.append(_BROKEN)
+            break
+    return decoded
+
+
+_BROKEN = object()  # an event that is not JSON
+
+
+def _event_fields(url: str, event: object) -> tuple[str, int | None, FinishReason | None]:
+    """(text, the node's completion-token total, finish_reason) of one decoded SSE event."""
+    if event is _BROKEN:
+        raise NodeFailure(f"{url}: unparsable SSE event")
     if not isinstance(event, dict):
         raise NodeFailure(f"{url}: SSE event is not an object")
     if "error" in event:
         raise NodeFailure(f"{url}: in-band error: {str(event['error'])[:300]}")
     usage = event.get("usage")
     total = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    choices = event.get("choices") or []
-    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    choices = event.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     delta = choice.get("delta")
     text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
     finish = choice.get("finish_reason")
