@@ -1,8 +1,14 @@
-"""JSON parsing that a hostile body cannot crash.
+"""JSON parsing that a hostile body cannot crash, and the fast JSON codec of the request path.
 
 eth-account imports py_ecc, which raises Python's recursion limit to 100000 at import time; the C JSON
 decoder then recurses that deep on a body like `[[[[...` and overflows the C stack (a segfault, not an
 exception). So nesting depth is checked before decoding, on every JSON input from the network.
+
+Decoding and encoding go through pydantic-core (jiter, Rust; already installed with pydantic) first: on a
+50k-token prompt body it decodes in 0.02 ms where the json module takes 0.27 ms, and encodes the node's
+request in 0.1 ms instead of 0.48, time the event loop serves nobody else (bench/ scenario (d)). Where it
+refuses what the json module accepts (lone surrogates, UTF-16 and BOM-prefixed bytes), the json module
+decides, so what is accepted and what is refused is exactly what it was with the json module alone.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
+import pydantic_core
 
 MAX_DEPTH = 100
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
@@ -50,4 +58,16 @@ def loads(raw: bytes | str) -> Any:
     data = raw.encode() if isinstance(raw, str) else raw
     if nesting_depth_exceeds(data):
         raise JSONTooDeep(f"JSON nested deeper than {MAX_DEPTH} levels")
-    return json.loads(data)
+    try:
+        return pydantic_core.from_json(data)
+    except ValueError:
+        return json.loads(data)  # the json module's verdict, and its error message
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as the json module would write it (bar ASCII escapes); lone surrogates, which
+    UTF-8 cannot hold, fall back to the json module's escapes."""
+    try:
+        return pydantic_core.to_json(value)
+    except ValueError:
+        return json.dumps(value, separators=(",", ":")).encode()

@@ -6,7 +6,6 @@ text completions and continuations (`assistant_prefix` set) go to `/v1/completio
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -59,7 +58,7 @@ class OpenAIClient(NodeClient):
         url = f"{self.url}{path}"
         # Leaving this block early (a client that left, a stop string) closes the response and its connection.
         with stream_errors(self.url):
-            async with self._session.post(url, data=json.dumps(body).encode(), headers=JSON_HEADERS,
+            async with self._session.post(url, data=jsonsafe.dumps(body), headers=JSON_HEADERS,
                                           allow_redirects=False) as response:
                 if response.status >= 400:
                     text = await response.content.read(MAX_LOGGED_BODY)
