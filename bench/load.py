@@ -176,22 +176,46 @@ async def hold_streams(host: str, port: int, request: Request, *, streams: int, 
     return stats
 
 
-async def mixed(
-    host: str,
-    port: int,
-    small: Request,
-    large: Request,
-    *,
-    small_connections: int,
-    large_connections: int,
-    duration: float,
-    grace: float = 30.0,
-) -> tuple[RequestStats, RequestStats]:
-    """Small requests on some connections while others send large ones, over the same window."""
-    small_run = closed_loop(host, port, small, connections=small_connections, duration=duration, grace=grace)
-    large_run = closed_loop(host, port, large, connections=large_connections, duration=duration, grace=grace)
-    small_stats, large_stats = await asyncio.gather(small_run, large_run)
-    return small_stats, large_stats
+async def paced_loop(
+    host: str, port: int, request: Request, *, connections: int, rate: float, duration: float, grace: float = 30.0
+) -> RequestStats:
+    """`connections` keep-alive connections sending `request` at `rate` per second in all, evenly spaced.
+
+    Each connection sends its next request at its next slot, or as soon as its answer arrives when that is
+    later: the load stays at `rate` when the server keeps up and never piles up when it does not."""
+    stats = RequestStats()
+    started = time.perf_counter()
+    deadline = started + duration
+    interval = connections / rate
+
+    async def worker(offset: float) -> None:
+        conn = Connection(host, port)
+        errors = 0
+        next_send = started + offset
+        try:
+            while next_send < deadline and errors < MAX_ERRORS_PER_WORKER:
+                await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
+                sent = time.perf_counter()
+                next_send += interval
+                try:
+                    await conn.fetch(request)
+                except ProtocolError as exc:
+                    errors += 1
+                    stats.errors += 1
+                    stats.last_error = str(exc)
+                    continue
+                if conn.status == 200:
+                    stats.latencies.append(time.perf_counter() - sent)
+                else:
+                    errors += 1
+                    stats.errors += 1
+                    stats.last_error = f"HTTP {conn.status}"
+        finally:
+            conn.close()
+
+    await _bounded([worker(i * interval / connections) for i in range(connections)], duration + grace)
+    stats.elapsed = time.perf_counter() - started
+    return stats
 
 
 async def until_ok(probe: Callable[[], Awaitable[bool]], limit: float, interval: float = 0.1) -> bool:

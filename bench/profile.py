@@ -83,9 +83,12 @@ async def drive(target: Target, args: argparse.Namespace, workdir: Path) -> None
     if args.large:
         from .run import large_prompt  # only this mode needs the 50k-token prompt
 
-        await load.mixed("127.0.0.1", target.port, target.request(chat_body(16)),
-                         target.request(chat_body(1, content=large_prompt(50_000))),
-                         small_connections=4, large_connections=2, duration=args.seconds + 1)
+        large = target.request(chat_body(1, content=large_prompt(50_000)))
+        await asyncio.gather(
+            load.paced_loop("127.0.0.1", target.port, target.request(chat_body(16)), connections=4, rate=200.0,
+                            duration=args.seconds + 1),
+            load.paced_loop("127.0.0.1", target.port, large, connections=2, rate=4.0, duration=args.seconds + 1),
+        )
     elif args.stream:
         await load.stream_loop("127.0.0.1", target.port, target.request(chat_body(256, stream=True)),
                                streams=64, duration=args.seconds + 1)
