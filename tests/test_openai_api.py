@@ -332,6 +332,24 @@ def test_nesting_guard_sees_through_strings_and_escapes() -> None:
     assert not nesting_depth_exceeds(b'{"x":' * 100 + b"1" + b"}" * 100)
 
 
+def test_json_decoding_accepts_what_the_json_module_accepts_and_never_recurses_unbounded() -> None:
+    # jiter decodes first; what it refuses but the json module reads (lone surrogates, UTF-16, a BOM) is
+    # still read, and nothing nested past jiter's limit, or past MAX_DEPTH on the json module's path, is.
+    import json
+
+    from openai_proxy import jsonsafe
+
+    for raw in (b'{"a":"\\ud83d"}', b'{"a":"\xed\xa0\x80"}', '{"a":1}'.encode("utf-16"), b'\xef\xbb\xbf[1]',
+                b'{"x":' * 150 + b"1" + b"}" * 150, b'[1.5e400, NaN, -0, 123456789012345678901234567890]'):
+        assert jsonsafe.loads(raw) == json.loads(raw) or repr(jsonsafe.loads(raw)) == repr(json.loads(raw))
+    for raw in (b"[" * 100_000 + b"]" * 100_000, b"[" * 250 + b"]" * 250, b"[" * 101 + b'"\\ud83d"' + b"]" * 101,
+                b"[1,]", b"{'a': 1}", b'"\xff"'):
+        with pytest.raises(ValueError):
+            jsonsafe.loads(raw)
+    assert json.loads(jsonsafe.dumps({"a": "\ud800 \u00e9", "b": [1, 2.5, None]})) == {"a": "\ud800 \u00e9",
+                                                                                    "b": [1, 2.5, None]}
+
+
 async def test_keepalive_comments_flow_while_waiting_for_the_first_token(start_devnode, start_gateway, http) -> None:  # type: ignore[no-untyped-def]
     slow = await start_devnode(first_token_delay=0.5)
     gw = await start_gateway([f"petals+ws://{slow.hostport}"], sse_keepalive_seconds=0.05)
