@@ -73,6 +73,23 @@ async def _bounded(workers: list[Awaitable[None]], limit: float) -> None:
             raise task.exception()  # type: ignore[misc]  # a bug in the generator itself: surface it
 
 
+async def timed_fetch(conn: Connection, request: Request, stats: RequestStats) -> bool:
+    """Send one request and record it in `stats`: its latency when it is a 200, else the error. True if OK."""
+    sent = time.perf_counter()
+    try:
+        await conn.fetch(request)
+    except ProtocolError as exc:
+        stats.errors += 1
+        stats.last_error = str(exc)
+        return False
+    if conn.status != 200:
+        stats.errors += 1
+        stats.last_error = f"HTTP {conn.status}"
+        return False
+    stats.latencies.append(time.perf_counter() - sent)
+    return True
+
+
 async def closed_loop(
     host: str, port: int, request: Request, *, connections: int, duration: float, grace: float = 30.0
 ) -> RequestStats:
@@ -85,20 +102,9 @@ async def closed_loop(
         conn = Connection(host, port)
         errors = 0
         try:
-            while (sent := time.perf_counter()) < deadline and errors < MAX_ERRORS_PER_WORKER:
-                try:
-                    await conn.fetch(request)
-                except ProtocolError as exc:
+            while time.perf_counter() < deadline and errors < MAX_ERRORS_PER_WORKER:
+                if not await timed_fetch(conn, request, stats):
                     errors += 1
-                    stats.errors += 1
-                    stats.last_error = str(exc)
-                    continue
-                if conn.status == 200:
-                    stats.latencies.append(time.perf_counter() - sent)
-                else:
-                    errors += 1
-                    stats.errors += 1
-                    stats.last_error = f"HTTP {conn.status}"
         finally:
             conn.close()
 
@@ -195,21 +201,9 @@ async def paced_loop(
         try:
             while next_send < deadline and errors < MAX_ERRORS_PER_WORKER:
                 await asyncio.sleep(max(0.0, next_send - time.perf_counter()))
-                sent = time.perf_counter()
                 next_send += interval
-                try:
-                    await conn.fetch(request)
-                except ProtocolError as exc:
+                if not await timed_fetch(conn, request, stats):
                     errors += 1
-                    stats.errors += 1
-                    stats.last_error = str(exc)
-                    continue
-                if conn.status == 200:
-                    stats.latencies.append(time.perf_counter() - sent)
-                else:
-                    errors += 1
-                    stats.errors += 1
-                    stats.last_error = f"HTTP {conn.status}"
         finally:
             conn.close()
 
