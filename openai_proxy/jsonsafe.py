@@ -55,7 +55,8 @@ def nesting_depth_exceeds(raw: bytes, limit: int = MAX_DEPTH) -> bool:
 
 
 def loads(raw: bytes | str) -> Any:
-    """json.loads, refusing input nested deeper than MAX_DEPTH. Raises ValueError for any bad input."""
+    """Decode JSON from the network: jiter first, the json module (behind the depth guard) for what jiter
+    refuses. Raises ValueError for any bad input."""
     data = raw.encode() if isinstance(raw, str) else raw
     try:
         # Rust, with its own nesting limit (about 200 levels): deep input is a ValueError here, never a crash.

@@ -115,8 +115,8 @@ def _merge(url: str, payloads: list[bytes]) -> _Read:
 
 
 def _decode_all(payloads: list[bytes]) -> list[object]:
-    """The events of a read decoded in one call: the payloads joined into one JSON array (one pass of the C
-    decoder instead of a trip through the json module per token: about 5x less time, bench/). When that
+    """The events of a read decoded in one call: the payloads joined into one JSON array (one decoder call
+    instead of one per token: 122 -> 35 us for a 16-token answer, bench/). When that
     fails, or the array does not hold exactly one value per payload (a payload like `{..},{..}` is not one
     event), each payload is decoded alone, and the first broken one becomes `_BROKEN` at its place."""
     if not payloads:
