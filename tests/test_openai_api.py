@@ -341,7 +341,7 @@ def test_json_decoding_accepts_what_the_json_module_accepts_and_never_recurses_u
 
     for raw in (b'{"a":"\\ud83d"}', b'{"a":"\xed\xa0\x80"}', '{"a":1}'.encode("utf-16"), b'\xef\xbb\xbf[1]',
                 b'{"x":' * 150 + b"1" + b"}" * 150, b'[1.5e400, NaN, -0, 123456789012345678901234567890]'):
-        assert jsonsafe.loads(raw) == json.loads(raw) or repr(jsonsafe.loads(raw)) == repr(json.loads(raw))
+        assert repr(jsonsafe.loads(raw)) == repr(json.loads(raw))  # repr: NaN is not equal to itself
     for raw in (b"[" * 100_000 + b"]" * 100_000, b"[" * 250 + b"]" * 250, b"[" * 101 + b'"\\ud83d"' + b"]" * 101,
                 b"[1,]", b"{'a': 1}", b'"\xff"'):
         with pytest.raises(ValueError):
