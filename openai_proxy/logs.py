@@ -14,21 +14,36 @@ import re
 import sys
 import time
 
+import pydantic_core
+
 from .api.middleware import request_id_var
 from .settings import Settings
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and belongs in the JSON.
 # uvicorn adds `color_message` (the message with terminal colour codes) to some records: not for JSON.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
-_SECRETS = re.compile(
-    r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*"  # a JWT (its header always starts with {" -> eyJ)
-    r"|(?i:bearer)\s+[\w.~+/=-]+"  # an Authorization value
-    r"|(?i:0x)[0-9a-fA-F]{130}"  # an EIP-191 / EIP-712 signature
-)
+# One pattern per kind of secret, each tried only where it could match: the three as one alternation
+# scanned every position of every line case-insensitively (7 us of the 25 an access line cost, bench/).
+_BEARER = re.compile(r"(?i:bearer)\s+[\w.~+/=-]+")  # an Authorization value
+_JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")  # a JWT (its header always starts with {" -> eyJ)
+_SIGNATURE = re.compile(r"(?i:0x)[0-9a-fA-F]{130}")  # an EIP-191 / EIP-712 signature (a literal prefix: fast)
 
 
 def redact(text: str) -> str:
-    return _SECRETS.sub("[redacted]", text)
+    if "bearer" in text.lower():
+        text = _BEARER.sub("[redacted]", text)
+    if "eyJ" in text:
+        text = _JWT.sub("[redacted]", text)
+    return _SIGNATURE.sub("[redacted]", text)
+
+
+def _json_line(entry: dict[str, object]) -> str:
+    """Compact JSON through pydantic-core (a fifth of the json module's time per access line); what it cannot
+    write (lone surrogates, bytes that are not UTF-8) goes through the json module's escapes instead."""
+    try:
+        return pydantic_core.to_json(entry, fallback=str).decode()
+    except ValueError:
+        return json.dumps(entry, default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,10 +59,15 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        return redact(_json_line(entry))
 
 
 def configure_logging(settings: Settings) -> None:
+    # The logging HOWTO's "Optimization" settings: no stack walk per record for the caller's file and line,
+    # no thread or multiprocessing names. The JSON lines carry none of them (the pid stays).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
