@@ -214,10 +214,11 @@ async def _events(gw: Gateway, plan: Plan, encoder: ChunkEncoder, admission: Adm
                 if plan.include_usage:
                     yield encoder.usage(event)
                 continue
+            body = encoder.text(event) if isinstance(event, Delta) else encoder.finished(event)
             if encoder.chat and event.index not in started:
                 started.add(event.index)
-                yield encoder.role(event.index)
-            yield encoder.text(event) if isinstance(event, Delta) else encoder.finished(event)
+                body = encoder.role(event.index) + body  # one write for both
+            yield body
     except GatewayError as exc:
         log.warning("stream failed after the first byte: %s", exc.message)
         if isinstance(exc, ServerError):

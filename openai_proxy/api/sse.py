@@ -14,13 +14,12 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 
-import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .disconnect import DisconnectWatch
+
 KEEPALIVE = b": keep-alive\n\n"
-# Frames waiting for the sender at most: past that the generator waits (backpressure from a slow client).
-MAX_PENDING_FRAMES = 256
 DONE = b"data: [DONE]\n\n"
 STREAM_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -44,57 +43,57 @@ class EventStreamResponse(Response):
         self.status_code = 200
         self.background = None
         self.init_headers({**STREAM_HEADERS, **(headers or {})})
-        self._last_sent = time.monotonic()
+        self.last_sent = time.monotonic()
         # asyncio's Lock: taking a free one does not yield to the event loop, where anyio's default Lock takes
         # a checkpoint (a whole loop iteration) on every acquire, that is on every token.
         self._lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send each frame from this task as soon as it is made. No queue and no sender task stand between the
+        node and the client (their hand-over cost a loop iteration per node read), and the disconnect watch
+        and keep-alives are a DisconnectWatch and one timer rather than an anyio task group (together a fifth
+        of a stream's start-up, bench/ scenario b). A slow client still holds the node back: `send` waits
+        while the connection's write buffer is full, and nothing more is read from the node meanwhile."""
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        frames: asyncio.Queue[bytes] = asyncio.Queue(MAX_PENDING_FRAMES)
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._cancel_on_disconnect, receive, group.cancel_scope)
-            group.start_soon(self._send_keepalives, send)
-            group.start_soon(self._send_frames, send, frames)
-            await self._send_body(frames)
-            group.cancel_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        keepalives = _KeepAlives(self, send)
+        try:
+            with DisconnectWatch(receive) as watch:
+                async with aclosing(self.events) as events:
+                    async for data in events:
+                        await self.send_frame(send, data)
+        finally:
+            keepalives.stop()
+        if watch.gone:
+            return  # with no one left to send the end to
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _send_body(self, frames: asyncio.Queue[bytes]) -> None:
-        async with aclosing(self.events) as events:
-            async for data in events:
-                await frames.put(data)  # returns at once unless the queue is full
-        await frames.join()  # everything sent
-
-    async def _send_frames(self, send: Send, frames: asyncio.Queue[bytes]) -> None:
-        """Send what the generator produced, in one write per wake-up: the frames of all the tokens that
-        came in one read from the node go out together (one write per token was ~30% of a stream's CPU)."""
-        while True:
-            batch = [await frames.get()]
-            while not frames.empty():
-                batch.append(frames.get_nowait())
-            await self._send(send, b"".join(batch))
-            for _ in batch:
-                frames.task_done()
-
-    async def _send(self, send: Send, data: bytes) -> None:
+    async def send_frame(self, send: Send, data: bytes) -> None:
         async with self._lock:
             await send({"type": "http.response.body", "body": data, "more_body": True})
-            self._last_sent = time.monotonic()
+            self.last_sent = time.monotonic()
 
-    async def _send_keepalives(self, send: Send) -> None:
-        while True:
-            idle = time.monotonic() - self._last_sent
-            if idle >= self.keepalive:
-                await self._send(send, KEEPALIVE)
-                idle = 0
-            await anyio.sleep(self.keepalive - idle)
 
-    @staticmethod
-    async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                scope.cancel()
-                return
+class _KeepAlives:
+    """A comment whenever nothing was sent for `keepalive` seconds: one timer that re-arms itself, and a
+    task only for the rare comment actually due (a node slow to its first token)."""
+
+    def __init__(self, response: EventStreamResponse, send: Send) -> None:
+        self._response, self._send = response, send
+        self._loop = asyncio.get_running_loop()
+        self._sending: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(response.keepalive, self._fire)
+
+    def _fire(self) -> None:
+        idle = time.monotonic() - self._response.last_sent
+        due = self._response.keepalive - idle
+        if due <= 0 and (self._sending is None or self._sending.done()):
+            self._sending = self._loop.create_task(self._response.send_frame(self._send, KEEPALIVE))
+            due = self._response.keepalive
+        self._timer = self._loop.call_later(max(due, 0.001), self._fire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sending is not None:
+            self._sending.cancel()
