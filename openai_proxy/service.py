@@ -203,6 +203,8 @@ class InferenceService:
         finally:
             for task in tasks:
                 task.cancel()
+            # Until each has stopped: the tokens its node produced are in `results` only then.
+            await asyncio.gather(*tasks, return_exceptions=True)
         return results, self.usage(plan, results)
 
     def new_results(self, plan: Plan) -> list[ChoiceResult]:

@@ -380,9 +380,10 @@ async def test_client_disconnect_cancels_the_node_request(start_devnode, start_g
     await eventually(cancelled, within=5)
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/api/v1/inference"])
+@pytest.mark.parametrize(("path", "n"), [("/v1/chat/completions", 1), ("/v1/completions", 1),
+                                         ("/v1/completions", 2), ("/api/v1/inference", 1)])
 async def test_client_disconnect_cancels_a_non_streaming_request(  # type: ignore[no-untyped-def]
-    start_devnode, start_gateway, http, path
+    start_devnode, start_gateway, http, path, n
 ) -> None:
     from .conftest import eventually
 
@@ -390,10 +391,12 @@ async def test_client_disconnect_cancels_a_non_streaming_request(  # type: ignor
     gw = await start_gateway([f"http://{node.hostport}"])
     body: dict[str, object] = {"model": LLAMA, "max_tokens": 500}
     body.update({"prompt": "Hi"} if path == "/v1/completions" else {"messages": HELLO})
+    if n > 1:
+        body["n"] = n  # every choice's node request is cancelled, each in its own task
     request = asyncio.ensure_future(http.post(f"{gw.url}{path}", json=body, headers=gw.headers()))
 
     async def generating() -> bool:
-        return (await node.counters())["in_flight"] == 1
+        return (await node.counters())["in_flight"] == n
 
     await eventually(generating)
     request.cancel()  # httpx closes the connection: the client hangs up mid-generation
@@ -402,7 +405,7 @@ async def test_client_disconnect_cancels_a_non_streaming_request(  # type: ignor
 
     async def cancelled() -> bool:
         counters = await node.counters()
-        return counters["cancelled"] == 1 and counters["in_flight"] == 0
+        return counters["cancelled"] == n and counters["in_flight"] == 0
 
     await eventually(cancelled, within=5)
     # The gateway goes on serving, and the wallet's usage shows the tokens the node produced before the hang-up.
