@@ -77,18 +77,23 @@ class Gateway:
         requests at once (volunteers' GPUs are not spent on answers nobody will read), and the tokens the
         nodes produced until then are still recorded; then ClientClosedRequest."""
         results = self.service.new_results(plan)
+        # The work runs in a task of its own, which the disconnect watcher cancels: its shallow stack makes each
+        # resumption on a node read cheaper than in the request's task, under the whole middleware chain
+        # (~8% of the CPU per request at 32 connections, bench/), and awaiting it directly costs less than
+        # `asyncio.wait` on the two.
         work = asyncio.ensure_future(self.service.complete(plan, results))
         gone = asyncio.ensure_future(_disconnected(request))
+        gone.add_done_callback(lambda _: work.cancel())
         try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when we are cancelled ourselves: leave neither task behind
-            work.cancel()
-            gone.cancel()
-            await asyncio.gather(work, gone, return_exceptions=True)
-        if work.cancelled():
+            _, usage = await work  # a node failure raises here, and `admit` refunds it
+        except asyncio.CancelledError:
+            this = asyncio.current_task()
+            if not gone.done() or gone.cancelled() or (this is not None and this.cancelling()):
+                raise  # we are cancelled ourselves (work was cancelled with us, and has stopped)
             await admission.record(self.service.usage(plan, results))
-            raise ClientClosedRequest
-        _, usage = work.result()  # a node failure raises here, and `admit` refunds it
+            raise ClientClosedRequest from None
+        finally:
+            gone.cancel()
         await admission.record(usage)
         return results, usage
 
