@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from ..service import ChoiceResult, InferenceService, Plan, Usage
 from ..settings import Settings
 from ..store import StateStore
 from ..tokens import TokenCounter
+from .disconnect import ClientGone, run_while_connected
 from .middleware import request_id_var
 
 
@@ -77,32 +77,13 @@ class Gateway:
         requests at once (volunteers' GPUs are not spent on answers nobody will read), and the tokens the
         nodes produced until then are still recorded; then ClientClosedRequest."""
         results = self.service.new_results(plan)
-        # The work runs in a task of its own, which the disconnect watcher cancels: its shallow stack makes each
-        # resumption on a node read cheaper than in the request's task, under the whole middleware chain
-        # (~8% of the CPU per request at 32 connections, bench/), and awaiting it directly costs less than
-        # `asyncio.wait` on the two.
-        work = asyncio.ensure_future(self.service.complete(plan, results))
-        gone = asyncio.ensure_future(_disconnected(request))
-        gone.add_done_callback(lambda _: work.cancel())
         try:
-            _, usage = await work  # a node failure raises here, and `admit` refunds it
-        except asyncio.CancelledError:
-            this = asyncio.current_task()
-            if not gone.done() or gone.cancelled() or (this is not None and this.cancelling()):
-                raise  # we are cancelled ourselves (work was cancelled with us, and has stopped)
+            _, usage = await run_while_connected(request.receive, self.service.complete(plan, results))
+        except ClientGone:
             await admission.record(self.service.usage(plan, results))
             raise ClientClosedRequest from None
-        finally:
-            gone.cancel()
-        await admission.record(usage)
+        await admission.record(usage)  # a node failure raised above instead, and `admit` refunds it
         return results, usage
-
-
-async def _disconnected(request: Request) -> None:
-    """Return when the client disconnects. The body has been read, so the next ASGI message is the
-    disconnect; it never arrives while the client waits for its answer."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def gateway(connection: HTTPConnection) -> Gateway:

@@ -1,56 +1,45 @@
-"""Stop work nobody will read: cancel the request's task the moment its client disconnects.
+"""Stop work nobody will read: the moment a client disconnects, cancel what its request is running.
 
-One watcher task per request and a done-callback, where the task group or `asyncio.wait` of two tasks it
-replaces cost a fifth of a short request's start-up (bench/). The watcher waits on `receive()`: the body has
-been read by then, so the next ASGI message is the disconnect, and it never arrives while the client waits.
+The work runs in a task of its own, which a watcher task cancels. A task of its own has a shallow stack:
+each resumption on a node read is cheaper there than in the request's task under the whole middleware
+chain (running non-streaming work inline measured ~8% more CPU per request at 32 connections, bench/). And
+awaiting the task directly is cheaper than `asyncio.wait` on the two, or an anyio task group.
 """
 
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from starlette.types import Receive
 
-
-class DisconnectWatch:
-    """`with DisconnectWatch(receive) as watch:` runs its block in the current task; if the client leaves
-    first, the task is cancelled, the block's CancelledError is absorbed at the end of the `with` and
-    `watch.gone` is True. A cancellation from anywhere else (server shutdown) goes on as usual."""
-
-    __slots__ = ("_receive", "_running", "_task", "_watcher", "gone")
-
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self._running = False
-        self._task: asyncio.Task[object] | None = None
-        self._watcher: asyncio.Future[None] | None = None
-        self.gone = False
-
-    def __enter__(self) -> DisconnectWatch:
-        self._task = asyncio.current_task()
-        self._running = True
-        self._watcher = asyncio.ensure_future(_disconnect(self._receive))
-        self._watcher.add_done_callback(self._client_left)
-        return self
-
-    def _client_left(self, watcher: asyncio.Future[None]) -> None:
-        # Never once the block is over: the callback runs a loop turn after the disconnect, and by then the
-        # task may be past the block, doing something that must not be cancelled.
-        if self._running and not watcher.cancelled() and self._task is not None:
-            self.gone = True
-            self._task.cancel()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> bool:
-        self._running = False
-        assert self._watcher is not None and self._task is not None
-        self._watcher.cancel()
-        # Absorb only our own cancellation: uncancel() counts the others still pending.
-        return kind is asyncio.CancelledError and self.gone and self._task.uncancel() == 0
+T = TypeVar("T")
 
 
-async def _disconnect(receive: Receive) -> None:
+class ClientGone(Exception):
+    """The client disconnected first; the work was cancelled and has stopped."""
+
+
+async def run_while_connected(receive: Receive, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, or ClientGone once it has been cancelled because the client left. A cancellation of
+    the caller (server shutdown) cancels the work too and goes on as usual."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(disconnected(receive))
+    gone.add_done_callback(lambda _: task.cancel())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        caller = asyncio.current_task()
+        if not gone.done() or gone.cancelled() or (caller is not None and caller.cancelling()):
+            raise
+        raise ClientGone from None
+    finally:
+        gone.cancel()
+
+
+async def disconnected(receive: Receive) -> None:
+    """Return when the client disconnects. The body has been read, so the next ASGI message is the
+    disconnect; it never arrives while the client waits for its answer."""
     while (await receive())["type"] != "http.disconnect":
         pass
