@@ -285,3 +285,41 @@ def test_node_sse_split_at_any_byte_yields_the_same_payloads(texts: list[str], c
     received = asyncio.run(parse())
     assert received[-1] == b"[DONE]"
     assert [json.loads(item)["choices"][0]["text"] for item in received[:-1]] == texts
+
+
+_EVENT_STYLES = ("simple", "crlf", "no_space", "comment", "field", "two_lines")
+
+
+def _render_event(payload: str, style: str) -> tuple[str, str]:
+    """(the event as a node could write it, the payload an SSE reader must get from it)."""
+    if style == "crlf":
+        return f"data: {payload}\r\n\r\n", payload
+    if style == "no_space":  # then a leading space of the payload is the one space SSE takes off
+        return f"data:{payload}\n\n", payload.removeprefix(" ")
+    if style == "comment":
+        return f": keep-alive\ndata: {payload}\n\n", payload
+    if style == "field":
+        return f"event: message\nid: 7\ndata: {payload}\n\n", payload
+    if style == "two_lines":
+        return f"data: {payload}\ndata: {payload}\n\n", f"{payload}\n{payload}"
+    return f"data: {payload}\n\n", payload
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(st.tuples(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"),
+                                         max_size=10), st.sampled_from(_EVENT_STYLES)), min_size=1, max_size=10),
+       data=st.data())
+def test_node_sse_in_any_mix_of_shapes_and_splits_yields_every_payload(events: list[tuple[str, str]],
+                                                                        data: Any) -> None:
+    """Nodes write SSE in more shapes than `data: ...` and a blank line (CRLF, no space after the colon,
+    comments, other fields, data over several lines): in any mix, cut at any byte, every payload comes out."""
+    from openai_proxy.nodes.clients.http import sse_batches
+
+    rendered = [_render_event(text, style) for text, style in events]
+    body = "".join(wire for wire, _ in rendered).encode()
+    cuts = data.draw(st.lists(st.integers(min_value=1, max_value=max(1, len(body) - 1)), max_size=30))
+
+    async def parse() -> list[bytes]:
+        return [item async for batch in sse_batches("node", _SplitBody(body, cuts)) for item in batch]  # type: ignore[arg-type]
+
+    assert [item.decode() for item in asyncio.run(parse())] == [payload for _, payload in rendered]
