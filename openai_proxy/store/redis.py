@@ -65,6 +65,17 @@ end
 return {admitted, count, oldest, freeing}
 """
 
+# incr_counters in one step: HINCRBY each (field, amount) pair of ARGV[2..], then PEXPIRE ARGV[1] ms. As atomic
+# as the MULTI/EXEC it replaces, at half the client's cost (redis-py's transaction pipeline was 15% of the
+# gateway's CPU per request with Redis, bench/).
+_COUNTERS_LUA = """
+for i = 2, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
 _HEALTH_CHECK_INTERVAL = 10  # seconds idle before a pooled connection is pinged ahead of reuse
 
 
@@ -97,7 +108,7 @@ class RedisStore(StateStore):
     the pool opens fresh connections, so no restart is needed.
     """
 
-    __slots__ = ("_clock", "_prefix", "_redis", "_window")
+    __slots__ = ("_clock", "_counters", "_prefix", "_redis", "_window")
 
     def __init__(
         self,
@@ -130,6 +141,7 @@ class RedisStore(StateStore):
         self._redis: aioredis.Redis = aioredis.Redis.from_pool(pool)
         # EVALSHA with an automatic EVAL fallback, so a restarted (script-less) Redis just works.
         self._window = self._redis.register_script(_WINDOW_LUA)
+        self._counters = self._redis.register_script(_COUNTERS_LUA)
 
     def _key(self, key: str) -> str:
         return self._prefix + key
@@ -196,12 +208,11 @@ class RedisStore(StateStore):
     async def incr_counters(self, key: str, amounts: Mapping[str, int], ttl: float) -> None:
         check_ttl(ttl)
         full = self._key(key)
+        args: list[str | int] = [_ms(ttl)]
+        for name, amount in amounts.items():
+            args += [name, amount]
         with _unavailable():
-            async with self._redis.pipeline(transaction=True) as tx:
-                for name, amount in amounts.items():
-                    tx.hincrby(full, name, amount)
-                tx.pexpire(full, _ms(ttl))
-                await tx.execute()
+            await self._counters(keys=[full], args=args)
 
     async def get_counters(self, key: str) -> dict[str, int]:
         with _unavailable():
