@@ -48,17 +48,9 @@ class Gateway:
         return principal
 
     @asynccontextmanager
-    async def admit(
-        self, connection: HTTPConnection, principal: Principal, plan: Plan
-    ) -> AsyncGenerator[Admission, None]:
-        """Check a node can serve the plan, then admit it; a failure on our side is refunded."""
-        async with self.admit_principal(principal, plan) as admission:
-            yield admission
-
-    @asynccontextmanager
-    async def admit_principal(self, principal: Principal, plan: Plan) -> AsyncGenerator[Admission, None]:
-        """`admit` for work that has no HTTP request of its own (a Socket.IO message). The slot is keyed by
-        the current `request_id_var`, so the caller binds a fresh id per unit of work first."""
+    async def admit(self, principal: Principal, plan: Plan) -> AsyncGenerator[Admission, None]:
+        """Check a node can serve the plan, then admit it; a failure on our side is refunded. The slot is
+        keyed by the current `request_id_var`: the request's, or a fresh one a Socket.IO message binds."""
         telemetry.note_model(plan.model.id)
         self.service.require_nodes(plan)
         admission = await self.limiter.admit(principal, request_id_var.get())

@@ -136,7 +136,7 @@ async def inference(request: Request) -> Response:
     principal = await gw.authenticate(request)
     body = await parse_json_body(request, LegacyInferenceRequest, gw.settings.max_body_bytes)
     plan = await plan_legacy(gw, body, principal)
-    async with gw.admit(request, principal, plan) as admission:
+    async with gw.admit(principal, plan) as admission:
         results, usage = await gw.complete(request, plan, admission)
     answer = legacy_response(new_id(), body, results, usage)
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json",
@@ -148,7 +148,7 @@ async def inference_stream(request: Request) -> Response:
     principal = await gw.authenticate(request)
     body = await _stream_request(request, gw)
     plan = await plan_legacy(gw, body, principal)
-    async with gw.admit(request, principal, plan) as admission:
+    async with gw.admit(principal, plan) as admission:
         events = _sse_events(gw, plan, admission, new_id(), body.model)
         return EventStreamResponse(events, keepalive=gw.settings.sse_keepalive_seconds, headers=admission.headers)
 

@@ -77,7 +77,7 @@ async def _answer(
     body: ChatCompletionRequest | CompletionRequest, *, chat: bool,
 ) -> Response:
     """Admit the plan, then stream it as SSE or answer it as one JSON object."""
-    async with gw.admit(request, principal, plan) as admission:
+    async with gw.admit(principal, plan) as admission:
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         if body.stream:
             encoder = ChunkEncoder(ident, body.model, chat=chat)

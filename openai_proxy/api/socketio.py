@@ -145,7 +145,7 @@ class InferenceNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # pyth
         body = validate(LegacyInferenceRequest, data)
         plan = await plan_legacy(gw, body, principal)
         ident = new_id()
-        async with gw.admit_principal(principal, plan) as admission:
+        async with gw.admit(principal, plan) as admission:
             if stream:
                 await self._stream(sid, gw, plan, admission, ident, body.model)
                 return
