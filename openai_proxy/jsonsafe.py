@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pydantic_core
@@ -70,10 +71,11 @@ def loads(raw: bytes | str) -> Any:
     return json.loads(data)  # the json module's verdict, and its error message
 
 
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON, as the json module would write it (bar ASCII escapes); lone surrogates, which
-    UTF-8 cannot hold, fall back to the json module's escapes."""
+def dumps(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Compact UTF-8 JSON, as the json module would write it (bar ASCII escapes); lone surrogates (and bytes
+    that are not UTF-8), which UTF-8 cannot hold, fall back to the json module's escapes. `default` writes
+    what JSON has no type for, as the json module's `default` does."""
     try:
-        return pydantic_core.to_json(value)
+        return pydantic_core.to_json(value, fallback=default)
     except ValueError:
-        return json.dumps(value, separators=(",", ":")).encode()
+        return json.dumps(value, separators=(",", ":"), default=default).encode()

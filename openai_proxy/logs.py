@@ -8,14 +8,12 @@ credential or a 65-byte signature. Prompt text appears only with LOG_PROMPTS=tru
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
 import time
 
-import pydantic_core
-
+from . import jsonsafe
 from .api.middleware import request_id_var
 from .settings import Settings
 
@@ -37,15 +35,6 @@ def redact(text: str) -> str:
     return _SIGNATURE.sub("[redacted]", text)
 
 
-def _json_line(entry: dict[str, object]) -> str:
-    """Compact JSON through pydantic-core (a fifth of the json module's time per access line); what it cannot
-    write (lone surrogates, bytes that are not UTF-8) goes through the json module's escapes instead."""
-    try:
-        return pydantic_core.to_json(entry, fallback=str).decode()
-    except ValueError:
-        return json.dumps(entry, default=str)
-
-
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -59,7 +48,8 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(_json_line(entry))
+        # Through pydantic-core: a fifth of the json module's time for an access line.
+        return redact(jsonsafe.dumps(entry, default=str).decode())
 
 
 def configure_logging(settings: Settings) -> None:
