@@ -52,9 +52,8 @@ class EventStreamResponse(Response):
         """One task reads the events and sends each frame as soon as it is made: no queue and no sender task
         between the node and the client (their hand-over cost a loop iteration per node read), keep-alives
         from a timer, and the task cancelled when the client leaves (disconnect.py), where an anyio task group
-        of three tasks was a fifth of a stream's start-up (bench/ scenario b). A slow client still holds the
-        node back: `send` waits while the connection's write buffer is full, and nothing more is read from
-        the node meanwhile."""
+        started three tasks per stream. A slow client still holds the node back: `send` waits while the
+        connection's write buffer is full, and nothing more is read from the node meanwhile."""
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         try:
             await run_while_connected(receive, self._pump(send))
